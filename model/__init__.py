@@ -1,0 +1,1 @@
+"""nextclick's model side: session data, models, training, evaluation and checkpoints (pure PyTorch, no Kafka)."""

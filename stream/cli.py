@@ -1,0 +1,135 @@
+"""The `nextclick` command line. User mistakes end in one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from model.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _print_result(result: dict[str, Any], as_json: bool, ks: list[int]) -> None:
+    for k in ks:
+        print(
+            f"Recall@{k} {100 * result[f'recall@{k}']:.2f} %   MRR@{k} {100 * result[f'mrr@{k}']:.2f} %   "
+            f"NDCG@{k} {100 * result[f'ndcg@{k}']:.2f} %"
+        )
+    print(f"{result['n']} test samples, evaluated in {result.get('eval_seconds', 0):.1f} s")
+    if as_json:
+        print(json.dumps(result))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from model.base import resolve_device
+    from model.checkpoint import save_checkpoint
+    from model.params import parse_sets, read_config
+    from model.training import evaluate_model, fit_model, make_model, open_data, seed_everything
+
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
+    data = open_data(args.data, args.format)
+    config = read_config(args.config) if args.config else None
+    model = make_model(
+        args.model, data, config=config, sets=parse_sets(args.set), epochs=args.epochs, device=device
+    )
+    print(f"training {args.model} on {data.name}: {data.summary()} on {device}", file=sys.stderr)
+    history = fit_model(model, data, progress=not args.quiet)
+    metrics = evaluate_model(model, data, args.k, progress=not args.quiet)
+    out = Path(args.out or f"checkpoints/{args.model}-{Path(data.name).stem}")
+    result = {
+        "model": args.model,
+        "data": str(args.data),
+        **metrics,
+        "train_seconds": history["train_seconds"],
+    }
+    save_checkpoint(
+        model,
+        out,
+        data={"name": data.name, "path": str(args.data), "fingerprint": data.fingerprint()},
+        metrics=metrics,
+        history=history,
+    )
+    print(f"checkpoint: {out} (trained in {history['train_seconds']:.1f} s)")
+    _print_result(result, args.json, args.k)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from model.base import resolve_device
+    from model.checkpoint import load_checkpoint
+    from model.training import evaluate_model, open_data, remap_test
+
+    device = resolve_device(args.device)
+    model, meta = load_checkpoint(args.checkpoint, device)
+    data = open_data(args.data, args.format)
+    misses = 0
+    if data.vocab.ids != model.vocab.ids:
+        data, misses = remap_test(data, model.vocab)
+        print(
+            f"note: the data's vocabulary differs from the checkpoint's; {misses} test samples with no "
+            "known prefix item or an unknown label count as misses",
+            file=sys.stderr,
+        )
+    metrics = evaluate_model(
+        model, data, args.k, progress=not args.quiet, batch_size=args.batch_size, extra_misses=misses
+    )
+    result = {"model": meta["model"], "data": str(args.data), **metrics}
+    _print_result(result, args.json, args.k)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nextclick", description="Real-time session-based recommendations on Kafka."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def data_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--data",
+            required=True,
+            help="data set path (SR-GNN folder, event file(s), Diginetica raw CSV) or synthetic[:N]",
+        )
+        p.add_argument("--format", choices=["srgnn", "events", "diginetica"], help="skip auto-detection")
+        p.add_argument("--k", type=int, nargs="+", default=[10, 20], help="cut-offs (default 10 20)")
+        p.add_argument("--json", action="store_true", help="last stdout line is one JSON object")
+        p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    t = sub.add_parser("train", help="train a model and write a checkpoint")
+    t.add_argument("--model", required=True, help="pop, sknn, vsknn, ...")
+    data_args(t)
+    t.add_argument("--epochs", type=int, help="override the model's number of epochs")
+    t.add_argument("--out", help="checkpoint folder (default checkpoints/MODEL-DATA)")
+    t.add_argument("--config", help="hyperparameters from a JSON or TOML file")
+    t.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="one hyperparameter")
+    t.add_argument("--seed", type=int, default=42)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="full-ranking evaluation of a checkpoint on the data's test split")
+    e.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    data_args(e)
+    e.add_argument("--batch-size", type=int, default=500)
+    e.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"nextclick: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("nextclick: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
