@@ -11,6 +11,8 @@ MODELS: dict[str, str] = {
     "pop": "model.pop:Pop",
     "sknn": "model.knn:Sknn",
     "vsknn": "model.knn:SessionKnn",
+    "srgnn": "model.srgnn:SRGNNRecommender",
+    "gru4rec": "model.gru4rec:GRU4RecRecommender",
 }
 
 

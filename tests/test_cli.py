@@ -9,11 +9,30 @@ from stream.cli import main
 
 def test_train_then_eval_json(tmp_path, capsys):
     out = tmp_path / "ck"
-    assert main(["train", "--model", "vsknn", "--data", "synthetic:800", "--out", str(out), "--json", "--quiet"]) == 0
+    assert (
+        main(["train", "--model", "vsknn", "--data", "synthetic:800", "--out", str(out), "--json", "--quiet"])
+        == 0
+    )
     trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert trained["model"] == "vsknn" and 0 < trained["recall@20"] <= 1 and trained["n"] > 100
     assert (out / "meta.json").is_file() and (out / "weights.safetensors").is_file()
-    assert main(["eval", "--checkpoint", str(out), "--data", "synthetic:800", "--k", "5", "20", "--json", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(out),
+                "--data",
+                "synthetic:800",
+                "--k",
+                "5",
+                "20",
+                "--json",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     evaluated = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert evaluated["recall@20"] == pytest.approx(trained["recall@20"])
     assert {"recall@5", "mrr@5", "mrr@20", "n"} <= set(evaluated)
@@ -34,13 +53,18 @@ def test_eval_on_data_with_another_vocabulary_counts_unknowns_as_misses(tmp_path
         (["train", "--model", "vsknn", "--data", "/no/such/data"], "no such file or folder"),
         (["train", "--model", "bogus", "--data", "synthetic:100"], "unknown model 'bogus'"),
         (["train", "--model", "vsknn", "--data", "synthetic:100", "--set", "k=many"], "not a valid int"),
-        (["train", "--model", "vsknn", "--data", "synthetic:100", "--set", "nope=1"], "unknown hyperparameter"),
+        (
+            ["train", "--model", "vsknn", "--data", "synthetic:100", "--set", "nope=1"],
+            "unknown hyperparameter",
+        ),
         (["train", "--model", "pop", "--data", "synthetic:100", "--epochs", "3"], "does not train in epochs"),
         (["eval", "--checkpoint", "/no/ck", "--data", "synthetic:100"], "not a checkpoint"),
     ],
 )
 def test_user_mistakes_are_one_line_without_traceback(argv, message):
-    proc = subprocess.run([sys.executable, "-m", "stream.cli", *argv, "--quiet"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream.cli", *argv, "--quiet"], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("nextclick: error:") and message in lines[-1]

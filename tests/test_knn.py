@@ -48,9 +48,9 @@ def test_vsknn_matches_its_definition(decay, idf, k):
         # positive scores equal the definition (up to the tiny popularity tie-break) ...
         assert np.allclose(row[scored], want[scored], rtol=1e-3)
         # ... and the order among them is the definition's order
-        assert (np.argsort(-row[scored], kind="stable") == np.argsort(-want[scored], kind="stable")).all() or (
-            np.unique(want[scored]).size < scored.sum()
-        )
+        assert (
+            np.argsort(-row[scored], kind="stable") == np.argsort(-want[scored], kind="stable")
+        ).all() or (np.unique(want[scored]).size < scored.sum())
         # items no neighbour holds stay below every scored item, ordered by popularity
         assert row[~scored][1:].max(initial=0) < row[scored].min()
 

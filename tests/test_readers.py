@@ -16,7 +16,10 @@ def _write(path, text):
 def test_event_folder_train_test(tmp_path):
     folder = tmp_path / "ev"
     folder.mkdir()
-    _write(folder / "train_full.txt", "SessionId\tItemId\tTime\n1\t10\t5\n1\t11\t6\n2\t12\t1\n2\t10\t2\n2\t11\t3\n")
+    _write(
+        folder / "train_full.txt",
+        "SessionId\tItemId\tTime\n1\t10\t5\n1\t11\t6\n2\t12\t1\n2\t10\t2\n2\t11\t3\n",
+    )
     _write(folder / "test.txt", "SessionId\tItemId\tTime\n9\t10\t100\n9\t99\t101\n9\t11\t102\n8\t12\t90\n")
     data = load_data(folder)
     # sessions in start-time order; vocabulary from training items only, numeric order
