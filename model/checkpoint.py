@@ -42,6 +42,7 @@ def save_checkpoint(
     data: dict[str, Any] | None = None,
     metrics: dict | None = None,
     history: dict | None = None,
+    fallback: list[str] | None = None,
 ) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -61,6 +62,7 @@ def save_checkpoint(
             "data": data or {},
             "metrics": metrics or {},
             "history": history or {},
+            "fallback": fallback or [],
             "created_at": time.time(),
         }
         (tmp / META).write_text(json.dumps(meta))

@@ -377,8 +377,9 @@ class GRU4RecRecommender(Recommender):
                     if users[session[slot]] >= 0:
                         user_last[int(users[session[slot]])] = state[slot, : p.layers[0]].detach()
             if steps % 50 == 0:
-                total += loss.item() / len(inp)
-                bar.set_postfix(loss=f"{total:.3f}", refresh=False)
+                current = loss.item() / len(inp)
+                total += current
+                bar.set_postfix(loss=f"{current:.3f}", refresh=False)
             steps += 1
             bar.update(len(inp))
         bar.close()

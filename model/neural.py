@@ -4,7 +4,9 @@ Each epoch shuffles the SR-GNN-style prefix samples of the training sessions, tr
 weight decay, the learning rate multiplied by `lr_dc` every `lr_dc_step` epochs, as in the SR-GNN
 reference), then scores the validation samples (the newest training sessions, never the test split). The
 epoch with the best validation Recall@20 + MRR@20 is kept; training stops after `patience` epochs without
-improvement.
+improvement. With `refit` (default) the model is then trained again from scratch on all training sessions
+(validation ones included) for the best number of epochs: the newest sessions are the ones most like the
+test period, and holding them out cost SR-GNN ~5 points of Recall@20 on Tmall (22.1 against 27+).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class NeuralParams:
     patience: int = 2
     max_len: int = 0  # keep only the latest max_len clicks of a session (0 = all)
     seed: int = 42
+    refit: bool = True  # after early stopping, train again on all sessions for the best number of epochs
 
 
 class NeuralRecommender(Recommender):
@@ -107,6 +110,17 @@ class NeuralRecommender(Recommender):
         if best_state is not None:
             self.net.load_state_dict(best_state)
         return history
+
+    def refit(self, train: Sessions, epochs: int, *, progress: bool = False) -> dict[str, Any]:
+        """Fresh weights, then `epochs` epochs on `train` with the same schedule and no validation."""
+        torch.manual_seed(self.params.seed)
+        self.net = self.build().to(self.device)
+        search = self.params
+        self.params = dataclasses.replace(search, epochs=epochs)
+        try:
+            return self.fit(train, None, progress=progress)
+        finally:
+            self.params = search
 
     def _train_epoch(
         self,

@@ -34,14 +34,19 @@ def synthetic_sessions(
     start: float = 1_700_000_000.0,
     sessions_per_second: float = 2.0,
     max_length: int = 50,
+    world_seed: int = 0,
 ) -> Sessions:
-    """Sessions (item numbers 1..n_items, timestamps) in start-time order."""
-    rng = np.random.default_rng(seed)
+    """Sessions (item numbers 1..n_items, timestamps) in start-time order.
+
+    `world_seed` fixes the items' popularity and successors, `seed` the sessions walked through them: a
+    replayed stream (another seed) follows the same transitions a model learnt from (seed 0)."""
+    world = np.random.default_rng(world_seed)
     ranks = np.arange(1, n_items + 1)
     pop = 1.0 / ranks**1.1
     pop /= pop.sum()
-    perm = rng.permutation(n_items) + 1  # item number of popularity rank r
-    successors = rng.integers(1, n_items + 1, size=(n_items + 1, 4))
+    perm = world.permutation(n_items) + 1  # item number of popularity rank r
+    successors = world.integers(1, n_items + 1, size=(n_items + 1, 4))
+    rng = np.random.default_rng((world_seed, seed))
     lengths = np.minimum(2 + rng.geometric(1 / 5, size=n_sessions) - 1, max_length)
     longest = int(lengths.max())
     seq = np.zeros((n_sessions, longest), dtype=np.int64)

@@ -67,6 +67,9 @@ def fit_model(model: Recommender, data: SessionData, progress: bool = False) -> 
     if getattr(model, "uses_validation", False):
         fit, valid = data.train_valid()
         history = model.fit(fit, valid, progress=progress)
+        best = history.get("best_epoch")
+        if best and getattr(model.params, "refit", False):
+            history["refit"] = model.refit(data.train, best, progress=progress)
     else:
         history = model.fit(data.train, None, progress=progress)
     history["train_seconds"] = round(time.perf_counter() - t0, 3)
@@ -92,6 +95,14 @@ def evaluate_model(
         metrics = {k: (v * n / total if k != "n" else total) for k, v in metrics.items()}
     metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
     return metrics
+
+
+def popular_items(data: SessionData, n: int = 100) -> list[str]:
+    """The n most clicked training items (external ids): the stream's answer for sessions the model cannot
+    score, kept in the checkpoint."""
+    counts = np.bincount(data.train.items, minlength=data.vocab.n_items + 1)
+    counts[0] = -1
+    return data.vocab.decode(np.argsort(-counts, kind="stable")[:n])
 
 
 def remap_test(data: SessionData, vocab: ItemVocab) -> tuple[SessionData, int]:

@@ -28,7 +28,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from model.base import resolve_device
     from model.checkpoint import save_checkpoint
     from model.params import parse_sets, read_config
-    from model.training import evaluate_model, fit_model, make_model, open_data, seed_everything
+    from model.training import (
+        evaluate_model,
+        fit_model,
+        make_model,
+        open_data,
+        seed_everything,
+    )
 
     device = resolve_device(args.device)
     seed_everything(args.seed)
@@ -83,6 +89,77 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_broker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from stream.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(args.port).start()
+    print(f"embedded broker (Tansu, in memory) on {broker.bootstrap}; Ctrl-C stops it", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.is_set() and broker.proc is not None and broker.proc.poll() is None:
+            stop.wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import os
+
+    for flag, env in (
+        ("checkpoint", "NEXTCLICK_CHECKPOINT"),
+        ("registry", "NEXTCLICK_REGISTRY"),
+        ("metrics_port", "NEXTCLICK_METRICS_PORT"),
+    ):
+        if getattr(args, flag) is not None:
+            os.environ[env] = str(getattr(args, flag))
+    checkpoint = os.environ.get("NEXTCLICK_CHECKPOINT")
+    if not checkpoint and not os.environ.get("NEXTCLICK_REGISTRY"):
+        raise UserError("nextclick worker needs --checkpoint DIR or --registry DIR")
+    if checkpoint:
+        from model.checkpoint import read_meta
+
+        read_meta(checkpoint)  # a bad path is one line here, not a traceback inside the worker
+    from faust import Worker
+
+    from stream.app import create_app
+    from stream.clients import require_broker
+    from stream.config import Settings
+
+    settings = Settings.from_env()
+    require_broker(settings.bootstrap)
+    app = create_app(settings)
+    Worker(app, loglevel=args.loglevel).execute_from_commandline()
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from stream.clients import click_events, replay
+    from stream.config import Settings
+
+    s = Settings.from_env()
+    frame = click_events(args.data, args.limit)
+    sent = replay(s.bootstrap, s.topic_clicks, frame, args.rate, progress=not args.quiet)
+    print(json.dumps({"sent": sent, "topic": s.topic_clicks}))
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from stream.clients import tail
+    from stream.config import Settings
+
+    s = Settings.from_env()
+    for record in tail(s.bootstrap, args.topic or s.topic_recommendations, args.from_beginning, args.limit):
+        print(json.dumps(record), flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nextclick", description="Real-time session-based recommendations on Kafka."
@@ -116,6 +193,32 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(e)
     e.add_argument("--batch-size", type=int, default=500)
     e.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("broker", help="start the embedded Kafka-compatible broker (Tansu, in memory)")
+    b.add_argument("--port", type=int, default=9092)
+    b.set_defaults(func=cmd_broker)
+
+    w = sub.add_parser("worker", help="the streaming worker (a Faust worker)")
+    w.add_argument("--checkpoint", help="serve this checkpoint folder (env NEXTCLICK_CHECKPOINT)")
+    w.add_argument("--registry", help="serve the registry's latest version (env NEXTCLICK_REGISTRY)")
+    w.add_argument(
+        "--metrics-port", type=int, help="Prometheus /metrics port, 0 = off (env NEXTCLICK_METRICS_PORT)"
+    )
+    w.add_argument("--loglevel", default="warning")
+    w.set_defaults(func=cmd_worker)
+
+    r = sub.add_parser("replay", help="publish a data set's clicks to the clicks topic in time order")
+    r.add_argument("--data", default="synthetic:2000", help="any --data format, or synthetic[:N]")
+    r.add_argument("--rate", type=float, default=200.0, help="events per second (0 = as fast as possible)")
+    r.add_argument("--limit", type=int, help="at most this many clicks")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=cmd_replay)
+
+    tl = sub.add_parser("tail", help="print what arrives on a topic, one JSON object a line")
+    tl.add_argument("--topic", help="default: the recommendations topic")
+    tl.add_argument("--from-beginning", action="store_true")
+    tl.add_argument("--limit", type=int)
+    tl.set_defaults(func=cmd_tail)
     return parser
 
 

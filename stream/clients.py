@@ -1,0 +1,161 @@
+"""kafka-python clients for the command line (replay, tail) and tests, as the product's users would write
+them: consumer groups join in ~3 s with the session settings measured on the embedded broker
+(6 s session, 1 s heartbeat; the broker holds each JoinGroup for half the session timeout)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from model.errors import UserError
+
+
+def security_settings() -> dict[str, Any]:
+    """SASL / SSL settings for a real cluster, passed through from the environment."""
+    env = os.environ
+    out: dict[str, Any] = {}
+    if env.get("KAFKA_SECURITY_PROTOCOL"):
+        out["security_protocol"] = env["KAFKA_SECURITY_PROTOCOL"]
+    if env.get("KAFKA_SASL_MECHANISM"):
+        out["sasl_mechanism"] = env["KAFKA_SASL_MECHANISM"]
+        out["sasl_plain_username"] = env.get("KAFKA_SASL_USERNAME")
+        out["sasl_plain_password"] = env.get("KAFKA_SASL_PASSWORD")
+    if env.get("KAFKA_SSL_CAFILE"):
+        out["ssl_cafile"] = env["KAFKA_SSL_CAFILE"]
+    return out
+
+
+def require_broker(bootstrap: str) -> None:
+    """One clear line instead of a client's retries and traceback when nothing listens there."""
+    from stream.broker import port_open
+
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if port_open(host or "127.0.0.1", int(port or 9092), timeout=2.0):
+            return
+    raise UserError(f"no Kafka broker answers at {bootstrap} (start one with: nextclick broker)")
+
+
+def producer(bootstrap: str) -> Any:
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaError
+
+    require_broker(bootstrap)
+    try:
+        return KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1, **security_settings())
+    except KafkaError as exc:
+        raise UserError(f"cannot connect to Kafka at {bootstrap}: {exc}") from None
+
+
+def consumer(bootstrap: str, *topics: str, group: str | None = None, from_beginning: bool = True) -> Any:
+    from kafka import KafkaConsumer
+    from kafka.errors import KafkaError
+
+    require_broker(bootstrap)
+    try:
+        return KafkaConsumer(
+            *topics,
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            auto_offset_reset="earliest" if from_beginning else "latest",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+            fetch_max_wait_ms=20,
+            enable_auto_commit=group is not None,
+            **security_settings(),
+        )
+    except KafkaError as exc:
+        raise UserError(f"cannot connect to Kafka at {bootstrap}: {exc}") from None
+
+
+def click_events(spec: str, limit: int | None = None) -> pd.DataFrame:
+    """Clicks (session, item, time[, user]) in time order from a data set: the test sessions of an event
+    format, the newest 10 % of training sessions of an SR-GNN folder (no timestamps: one click per second,
+    sessions started 0.5 s apart), or the synthetic stream (`synthetic[:N]`)."""
+    from model.training import SYNTHETIC, open_data
+
+    m = SYNTHETIC.match(spec)
+    if m:
+        from model.synthetic import synthetic_events
+
+        frame = synthetic_events(int(m.group(1) or 5000), n_items=1000, seed=7)
+    else:
+        data = open_data(spec)
+        sessions = data.test_sessions
+        if sessions is None or sessions.times is None:
+            n = max(1, len(data.train) // 10)
+            sessions = data.train.select(np.arange(len(data.train) - n, len(data.train)))
+            pos = np.arange(sessions.n_events) - np.repeat(sessions.offsets[:-1], sessions.lengths)
+            times = 1.7e9 + np.repeat(np.arange(len(sessions)) * 0.5, sessions.lengths) + pos
+        else:
+            times = sessions.times
+        ids = np.asarray(data.vocab.ids, dtype=object)
+        frame = pd.DataFrame(
+            {
+                "session": np.char.add("r", sessions.session_of_event().astype(str)),
+                "item": ids[sessions.items],
+                "time": times,
+            }
+        ).sort_values("time", kind="stable")
+    return frame.head(limit) if limit else frame
+
+
+def replay(bootstrap: str, topic: str, frame: pd.DataFrame, rate: float, progress: bool = True) -> int:
+    """Publishes clicks in time order at `rate` events/s (0 = as fast as possible), keyed by session id."""
+    prod = producer(bootstrap)
+    t0 = time.perf_counter()
+    sent = 0
+    rows = zip(frame["session"].tolist(), frame["item"].tolist(), frame["time"].tolist(), strict=True)
+    for i, (session, item, ts) in enumerate(tqdm(rows, total=len(frame), unit="click", disable=not progress)):
+        if rate > 0:
+            ahead = t0 + i / rate - time.perf_counter()
+            if ahead > 0:
+                time.sleep(ahead)
+        value = {
+            "session_id": str(session),
+            "item_id": str(item),
+            "timestamp": float(ts),
+            "event_id": f"e{i}",
+        }
+        prod.send(topic, key=str(session).encode(), value=json.dumps(value).encode())
+        sent += 1
+    prod.flush()
+    prod.close()
+    return sent
+
+
+def tail(
+    bootstrap: str,
+    topic: str,
+    from_beginning: bool = False,
+    limit: int | None = None,
+    timeout_s: float | None = None,
+) -> Iterator[dict[str, Any]]:
+    cons = consumer(bootstrap, topic, from_beginning=from_beginning)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    n = 0
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            for records in cons.poll(timeout_ms=200).values():
+                for r in records:
+                    try:
+                        value: Any = json.loads(r.value)
+                    except (ValueError, UnicodeDecodeError):
+                        value = r.value.decode("utf-8", "replace")
+                    yield {
+                        "key": r.key.decode("utf-8", "replace") if r.key else None,
+                        "value": value,
+                        "headers": {k: v.decode("utf-8", "replace") for k, v in (r.headers or [])},
+                    }
+                    n += 1
+                    if limit and n >= limit:
+                        return
+    finally:
+        cons.close()

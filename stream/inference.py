@@ -1,0 +1,141 @@
+"""The inference service: gathers recommendation requests into micro-batches and runs the model off the
+event loop, so a slow batch never stalls consumption.
+
+Requests arrive from the clicks agent as item histories (external ids). Items the model never saw stay in
+the history but are hidden from it; a session with no known item gets the fallback list (the most popular
+training items), never nothing. A batch closes after `max_batch` requests or `max_wait_ms` after its first
+request, whichever comes first, and runs in one worker thread (the model is not re-entrant); the model can
+be swapped between batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.base import Recommender, resolve_device
+from model.checkpoint import load_checkpoint
+from stream.metrics import Metrics
+
+
+@dataclass
+class Served:
+    model: Recommender
+    name: str
+    version: str
+    fallback: tuple[list[str], list[float]]
+    max_len: int = 50  # the model sees at most this many latest known clicks
+
+
+@dataclass(frozen=True)
+class Answer:
+    items: list[str]
+    scores: list[float]
+    model: str
+    version: str
+    source: str  # "model" or "fallback"
+
+
+def load_served(path: str | Path, device: str = "auto", k: int = 20) -> Served:
+    model, meta = load_checkpoint(path, resolve_device(device))
+    fallback_ids = meta.get("fallback") or model.vocab.ids[1 : k + 1]
+    fallback = (list(fallback_ids[:k]), [float(k - i) / k for i in range(min(k, len(fallback_ids)))])
+    version = str(meta.get("version") or Path(path).name)
+    return Served(model, meta["model"], version, fallback)
+
+
+class InferenceService:
+    def __init__(
+        self, served: Served, metrics: Metrics, k: int = 20, max_batch: int = 64, max_wait_ms: float = 5.0
+    ) -> None:
+        self.served = served
+        self.metrics = metrics
+        self.k = k
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[Answer]]] = asyncio.Queue()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nextclick-inference")
+        self._task: asyncio.Task[None] | None = None
+        self.metrics.set_model(served.name, served.version)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def swap(self, served: Served) -> None:
+        """Serve another model from the next micro-batch on."""
+        self.served = served
+        self.metrics.set_model(served.name, served.version)
+        self.metrics.model_swaps.inc()
+
+    async def recommend(self, history: list[str]) -> Answer:
+        served = self.served
+        known = served.model.vocab.lookup(history)
+        known = known[known >= 1][-served.max_len :]
+        if known.size == 0:
+            items, scores = served.fallback
+            return Answer(items, scores, served.name, served.version, "fallback")
+        self.start()
+        fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        await self.queue.put((known, fut))
+        return await fut
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self.queue.get()
+            batch = [first]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_batch:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), timeout))
+                except TimeoutError:
+                    break
+            served = self.served
+            try:
+                answers = await loop.run_in_executor(self.pool, self._infer, served, [b[0] for b in batch])
+            except Exception as exc:  # a failing batch fails its requests, never the service
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), answer in zip(batch, answers, strict=True):
+                if not fut.done():
+                    fut.set_result(answer)
+
+    def _infer(self, served: Served, sessions: list[np.ndarray]) -> list[Answer]:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            items, scores = served.model.recommend(sessions, k=self.k)
+        self.metrics.inference.observe(time.perf_counter() - t0)
+        self.metrics.batch_size.observe(len(sessions))
+        decode = served.model.vocab.decode
+        return [
+            Answer(decode(row), [float(s) for s in sc], served.name, served.version, "model")
+            for row, sc in zip(items.tolist(), scores.tolist(), strict=True)
+        ]
+
+
+def answer_dict(answer: Answer) -> dict[str, Any]:
+    return {
+        "items": answer.items,
+        "scores": answer.scores,
+        "model": answer.model,
+        "model_version": answer.version,
+    }

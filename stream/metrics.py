@@ -1,0 +1,69 @@
+"""Prometheus metrics of the worker (names from the contract, prefix `nextclick_`)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+RR_BUCKETS = (0.0001, 0.05, 0.1, 0.2, 0.25, 1 / 3, 0.5, 1.0)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "nextclick_events_total", "Clicks consumed, by outcome", ["outcome"], registry=r
+        )
+        self.dlq = Counter(
+            "nextclick_dlq_total", "Messages sent to the dead-letter topic", ["reason"], registry=r
+        )
+        self.recommendations = Counter(
+            "nextclick_recommendations_total", "Recommendations published", ["source"], registry=r
+        )
+        self.e2e = Histogram(
+            "nextclick_e2e_latency_seconds",
+            "Click publish time to recommendation sent",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "nextclick_inference_latency_seconds",
+            "One model micro-batch",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "nextclick_inference_batch_size",
+            "Requests per micro-batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.active_sessions = Gauge("nextclick_active_sessions", "Sessions held by this worker", registry=r)
+        self.reciprocal_rank = Histogram(
+            "nextclick_online_reciprocal_rank",
+            "Reciprocal rank of the next click in the previous recommendation list (0 when absent)",
+            buckets=RR_BUCKETS,
+            registry=r,
+        )
+        self.hits = Counter(
+            "nextclick_online_hits_total", "Next clicks found in the previous list", registry=r
+        )
+        self.evaluated = Counter(
+            "nextclick_online_evaluated_total", "Clicks that had a previous list", registry=r
+        )
+        self.model_info = Gauge(
+            "nextclick_model_info", "The model being served", ["model", "version"], registry=r
+        )
+        self.model_swaps = Counter("nextclick_model_swaps_total", "Models swapped in", registry=r)
+        self.sessions_closed = Counter(
+            "nextclick_sessions_closed_total", "Sessions closed", ["reason"], registry=r
+        )
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        if port:
+            start_http_server(port, addr=addr, registry=self.registry)
+
+    def set_model(self, model: str, version: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(model=model, version=version).set(1)
