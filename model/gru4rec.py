@@ -198,21 +198,24 @@ class GRUStack(nn.Module):
                 self.w_ih.append(nn.Linear(fan_in, 3 * h))
                 _glorot_(self.w_ih[-1].weight, 3)
                 nn.init.zeros_(self.w_ih[-1].bias)
-            self.w_hh.append(nn.Linear(h, 3 * h))
+            self.w_hh.append(nn.Linear(h, 3 * h, bias=False))
             _glorot_(self.w_hh[-1].weight, 3)
-            nn.init.zeros_(self.w_hh[-1].bias)
 
     def input_gates(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         return self.w_ih[layer - 1 if self.one_hot else layer](x)
 
     @staticmethod
     def cell(gi: torch.Tensor, h: torch.Tensor, w_hh: nn.Linear) -> torch.Tensor:
+        """The reference's GRU: the reset gate scales the state before its transform (Cho et al.'s form),
+        h' = (1 - z) h + z tanh(W x + U (r ⊙ h)), with one bias on the input side."""
+        size = h.shape[1]
         i_r, i_z, i_n = gi.chunk(3, dim=1)
-        h_r, h_z, h_n = w_hh(h).chunk(3, dim=1)
+        u_rz, u_n = w_hh.weight[: 2 * size], w_hh.weight[2 * size :]
+        h_r, h_z = (h @ u_rz.T).chunk(2, dim=1)
         r = torch.sigmoid(i_r + h_r)
         z = torch.sigmoid(i_z + h_z)
-        n = torch.tanh(i_n + r * h_n)
-        return (1 - z) * n + z * h
+        n = torch.tanh(i_n + (r * h) @ u_n.T)
+        return (1 - z) * h + z * n
 
 
 class GRU4Rec(nn.Module):
@@ -251,9 +254,8 @@ class GRU4Rec(nn.Module):
         for layer, h in enumerate(hs):
             if layer > 0:
                 gi = self.gru.input_gates(layer, x)
-            h = self.gru.cell(gi, h, self.gru.w_hh[layer])
-            new.append(h)
-            x = self.drop_hidden(h)
+            x = self.drop_hidden(self.gru.cell(gi, h, self.gru.w_hh[layer]))
+            new.append(x)  # the reference carries the dropped-out state to the next step
         return x, torch.cat(new, dim=1)
 
     def score_items(self, out: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -87,9 +87,9 @@ class Worker:
                 "info",
             ],
             env=full_env,
-            stdout=open(self.log, "wb"),
+            stdout=open(self.log, "wb"),  # noqa: SIM115 - the child keeps it
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # noqa: SIM115
+            start_new_session=True,
         )
 
     def metrics(self) -> str:

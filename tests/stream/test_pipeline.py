@@ -38,7 +38,7 @@ def test_every_valid_click_is_answered_once_in_order_and_bad_ones_go_to_the_dlq(
 ):
     model, _ = load_checkpoint(served_checkpoint)
     vocab = model.vocab.ids[1:]
-    clicks = _clicks(20, 8, vocab) + [("s0", "never-seen-item", "s0-unknown")]
+    clicks = [*_clicks(20, 8, vocab), ("s0", "never-seen-item", "s0-unknown")]
     bad = [
         (b"x1", b"not json"),
         (b"x2", json.dumps({"session_id": "x2"}).encode()),  # no item_id
