@@ -118,3 +118,19 @@ def test_gru4rec_learns_and_round_trips(tiny_data, tmp_path):
     sessions = tiny_data.test.prefixes(range(5))
     assert torch.allclose(loaded.score(sessions), model.score(sessions))
     assert math.isfinite(history["epochs"][-1]["loss"])
+
+
+def test_hrnn_learns_a_user_level_state():
+    from model.synthetic import synthetic_sessions
+
+    s = synthetic_sessions(600, n_items=100, seed=1)
+    users = np.where(np.arange(len(s)) % 5 == 0, -1, np.arange(len(s)) % 40)  # some anonymous sessions
+    train = Sessions(s.offsets, s.items, s.times, users)
+    vocab = ItemVocab([str(i) for i in range(1, 101)])
+    model = GRU4RecRecommender(
+        vocab, GRU4RecParams(layers=[16], n_sample=16, batch_size=8, n_epochs=1, hrnn=True)
+    )
+    before = model.net.user_gru.weight_ih.detach().clone()
+    model.fit(train)
+    assert not torch.equal(before, model.net.user_gru.weight_ih)  # the user GRU got gradients
+    assert torch.isfinite(model.score([np.array([1, 2])])[:, 1:]).all()
