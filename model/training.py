@@ -64,8 +64,9 @@ def fit_model(model: Recommender, data: SessionData, progress: bool = False) -> 
     """Models that early-stop (`uses_validation`) get the newest 10 % of training sessions as validation;
     the others learn from all of the training sessions. The test split is never shown to `fit`."""
     t0 = time.perf_counter()
-    if getattr(model, "uses_validation", False):
-        fit, valid = data.train_valid()
+    fraction = getattr(model.params, "valid_fraction", 0.1)
+    if getattr(model, "uses_validation", False) and fraction > 0:
+        fit, valid = data.train_valid(fraction)
         history = model.fit(fit, valid, progress=progress)
         best = history.get("best_epoch")
         if best and getattr(model.params, "refit", False):
