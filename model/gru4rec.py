@@ -425,12 +425,11 @@ class GRU4RecRecommender(Recommender):
         vec, state = self.net.step(items.to(self.device), state.to(self.device))
         return self.net.score_all(vec), state
 
-    @torch.inference_mode()
-    def score(self, sessions: Sequence[np.ndarray]) -> torch.Tensor:
-        """Recomputes each session from its first click (the reference's evaluation does the same)."""
+    def _run(self, sessions: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last-layer output and state after each whole session (an empty session: zeros)."""
         self.net.eval()
         lengths = torch.tensor([len(s) for s in sessions], device=self.device)
-        width = int(lengths.max())
+        width = max(int(lengths.max()) if len(sessions) else 0, 1)
         seq = torch.zeros(len(sessions), width, dtype=torch.long)
         for i, s in enumerate(sessions):
             seq[i, : len(s)] = torch.as_tensor(s)
@@ -442,7 +441,17 @@ class GRU4RecRecommender(Recommender):
             vec, new = self.net.step(seq[:, t], state)
             state = torch.where(live, new, state)
             out = torch.where(live, vec, out)
-        return self.net.score_all(out)
+        return out, state
+
+    @torch.inference_mode()
+    def final_states(self, sessions: Sequence[np.ndarray]) -> torch.Tensor:
+        """The hidden state after each session: what the stream caches to answer the next click in O(1)."""
+        return self._run(sessions)[1]
+
+    @torch.inference_mode()
+    def score(self, sessions: Sequence[np.ndarray]) -> torch.Tensor:
+        """Recomputes each session from its first click (the reference's evaluation does the same)."""
+        return self.net.score_all(self._run(sessions)[0])
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return dict(self.net.state_dict())

@@ -40,7 +40,9 @@ class NeuralParams:
     max_len: int = 0  # keep only the latest max_len clicks of a session (0 = all)
     seed: int = 42
     refit: bool = True  # after early stopping, train again on all sessions for the best number of epochs
-    valid_fraction: float = 0.1  # newest training sessions held out for early stopping; 0 = train `epochs` on all
+    valid_fraction: float = (
+        0.1  # newest training sessions held out for early stopping; 0 = train `epochs` on all
+    )
 
 
 class NeuralRecommender(Recommender):

@@ -158,7 +158,7 @@ class Pipeline:
         state["items"].append(click.item_id)
         state["times"].append(event_time)
         service = await self._service()
-        answer = await service.recommend(state["items"])
+        answer = await service.recommend(state["items"], click.session_id)
         state["recs"] = answer.items
         state["p"] = event.message.partition
         self._put(click.session_id, state, event.message.partition)

@@ -6,12 +6,19 @@ the history but are hidden from it; a session with no known item gets the fallba
 training items), never nothing. A batch closes after `max_batch` requests or `max_wait_ms` after its first
 request, whichever comes first, and runs in one worker thread (the model is not re-entrant); the model can
 be swapped between batches.
+
+Models with incremental inference (GRU4Rec's `step`) keep each session's hidden state in a bounded LRU cache
+beside the table, keyed by session id and the number of known clicks it has absorbed: the next click costs
+one GRU step. A miss (a restart, a rebalance, an evicted or out-of-step entry) rebuilds the state from the
+stored history, so the cache never changes an answer, only its cost. A swapped-in model starts with an
+empty cache: hidden states are never reused across models.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +32,45 @@ from model.checkpoint import load_checkpoint
 from stream.metrics import Metrics
 
 
+class StateCache:
+    """session id -> (known clicks absorbed, hidden state), least recently used evicted past `capacity`."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self.data: OrderedDict[str, tuple[int, torch.Tensor]] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, session_id: str, absorbed: int) -> torch.Tensor | None:
+        entry = self.data.get(session_id)
+        if entry is None or entry[0] != absorbed:
+            self.misses += 1
+            return None
+        self.data.move_to_end(session_id)
+        self.hits += 1
+        return entry[1]
+
+    def put(self, session_id: str, absorbed: int, state: torch.Tensor) -> None:
+        self.data[session_id] = (absorbed, state)
+        self.data.move_to_end(session_id)
+        while len(self.data) > self.capacity:
+            self.data.popitem(last=False)
+
+
 @dataclass
 class Served:
     model: Recommender
     name: str
     version: str
     fallback: tuple[list[str], list[float]]
-    max_len: int = 50  # the model sees at most this many latest known clicks
+    max_len: int = 50  # a model without incremental state sees at most this many latest known clicks
+    cache: StateCache | None = None  # for models with `step` (GRU4Rec)
+
+
+@dataclass(frozen=True)
+class Request:
+    known: np.ndarray  # the session's known item indices, oldest first
+    session_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -48,7 +87,8 @@ def load_served(path: str | Path, device: str = "auto", k: int = 20) -> Served:
     fallback_ids = meta.get("fallback") or model.vocab.ids[1 : k + 1]
     fallback = (list(fallback_ids[:k]), [float(k - i) / k for i in range(min(k, len(fallback_ids)))])
     version = str(meta.get("version") or Path(path).name)
-    return Served(model, meta["model"], version, fallback)
+    cache = StateCache() if hasattr(model, "step") and hasattr(model, "final_states") else None
+    return Served(model, meta["model"], version, fallback, cache=cache)
 
 
 class InferenceService:
@@ -60,7 +100,7 @@ class InferenceService:
         self.k = k
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
-        self.queue: asyncio.Queue[tuple[np.ndarray, asyncio.Future[Answer]]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[Request, asyncio.Future[Answer]]] = asyncio.Queue()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nextclick-inference")
         self._task: asyncio.Task[None] | None = None
         self.metrics.set_model(served.name, served.version)
@@ -81,16 +121,18 @@ class InferenceService:
         self.metrics.set_model(served.name, served.version)
         self.metrics.model_swaps.inc()
 
-    async def recommend(self, history: list[str]) -> Answer:
+    async def recommend(self, history: list[str], session_id: str | None = None) -> Answer:
         served = self.served
         known = served.model.vocab.lookup(history)
-        known = known[known >= 1][-served.max_len :]
+        known = known[known >= 1]
+        if served.cache is None:
+            known = known[-served.max_len :]
         if known.size == 0:
             items, scores = served.fallback
             return Answer(items, scores, served.name, served.version, "fallback")
         self.start()
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        await self.queue.put((known, fut))
+        await self.queue.put((Request(known, session_id), fut))
         return await fut
 
     async def _run(self) -> None:
@@ -119,17 +161,41 @@ class InferenceService:
                 if not fut.done():
                     fut.set_result(answer)
 
-    def _infer(self, served: Served, sessions: list[np.ndarray]) -> list[Answer]:
+    def _infer(self, served: Served, requests: list[Request]) -> list[Answer]:
         t0 = time.perf_counter()
         with torch.inference_mode():
-            items, scores = served.model.recommend(sessions, k=self.k)
+            if served.cache is None:
+                items, scores = served.model.recommend([r.known for r in requests], k=self.k)
+            else:
+                items, scores = self._infer_incremental(served, served.cache, requests)
         self.metrics.inference.observe(time.perf_counter() - t0)
-        self.metrics.batch_size.observe(len(sessions))
+        self.metrics.batch_size.observe(len(requests))
         decode = served.model.vocab.decode
         return [
             Answer(decode(row), [float(s) for s in sc], served.name, served.version, "model")
             for row, sc in zip(items.tolist(), scores.tolist(), strict=True)
         ]
+
+    def _infer_incremental(
+        self, served: Served, cache: StateCache, requests: list[Request]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        model: Any = served.model
+        states: list[torch.Tensor | None] = [
+            cache.get(r.session_id, len(r.known) - 1) if r.session_id else None for r in requests
+        ]
+        missing = [i for i, st in enumerate(states) if st is None]
+        if missing:
+            rebuilt = model.final_states([requests[i].known[:-1] for i in missing])
+            for row, i in enumerate(missing):
+                states[i] = rebuilt[row]
+        last = torch.as_tensor([int(r.known[-1]) for r in requests])
+        scores, new = model.step(last, torch.stack([s for s in states if s is not None]))
+        for row, r in enumerate(requests):
+            if r.session_id:
+                cache.put(r.session_id, len(r.known), new[row])
+        scores[:, 0] = -torch.inf
+        top = torch.topk(scores, min(self.k, model.n_items), dim=1)
+        return top.indices.cpu(), top.values.cpu()
 
 
 def answer_dict(answer: Answer) -> dict[str, Any]:

@@ -1,0 +1,89 @@
+"""The inference service alone: micro-batching, fallback, and the GRU4Rec state cache."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import torch
+
+from model.gru4rec import GRU4RecParams, GRU4RecRecommender
+from model.knn import SessionKnn
+from model.sessions import Sessions
+from model.vocab import ItemVocab
+from stream.inference import InferenceService, Served, StateCache
+from stream.metrics import Metrics
+
+
+def _gru() -> GRU4RecRecommender:
+    torch.manual_seed(0)
+    return GRU4RecRecommender(ItemVocab([f"i{i}" for i in range(1, 41)]), GRU4RecParams(layers=[16]))
+
+
+def test_cached_gru4rec_answers_equal_full_recomputation_and_cost_one_step():
+    model = _gru()
+    served = Served(model, "gru4rec", "v1", (["i1"], [1.0]), cache=StateCache())
+    rng = np.random.default_rng(0)
+    sessions = {f"s{j}": [f"i{int(x)}" for x in rng.integers(1, 41, size=6)] for j in range(5)}
+
+    async def run() -> list[tuple[list[str], list[str]]]:
+        service = InferenceService(served, Metrics(), k=10, max_batch=8, max_wait_ms=2)
+        pairs = []
+        for t in range(6):  # click by click, all sessions in one micro-batch per step
+            answers = await asyncio.gather(
+                *(service.recommend(h[: t + 1], sid) for sid, h in sessions.items())
+            )
+            for h, a in zip(sessions.values(), answers, strict=True):
+                want, _ = model.recommend([model.vocab.lookup(h[: t + 1])], k=10)
+                pairs.append((a.items, model.vocab.decode(want[0].tolist())))
+        await service.stop()
+        return pairs
+
+    for got, want in asyncio.run(run()):
+        assert got == want
+    cache = served.cache
+    assert cache is not None and cache.misses == 5 and cache.hits == 25  # one rebuild per session, then O(1)
+
+
+def test_a_lost_cache_entry_is_rebuilt_from_the_history():
+    model = _gru()
+    served = Served(model, "gru4rec", "v1", (["i1"], [1.0]), cache=StateCache(capacity=1))
+    history = ["i3", "i7", "i9"]
+
+    async def run():
+        service = InferenceService(served, Metrics(), k=5)
+        await service.recommend(history[:2], "a")
+        await service.recommend(["i1"], "b")  # evicts "a"
+        answer = await service.recommend(history, "a")
+        await service.stop()
+        return answer
+
+    want, _ = model.recommend([model.vocab.lookup(history)], k=5)
+    assert asyncio.run(run()).items == model.vocab.decode(want[0].tolist())
+
+
+def test_unknown_items_are_skipped_and_a_session_without_known_items_gets_the_fallback():
+    vocab = ItemVocab(["a", "b", "c", "d"])
+    knn = SessionKnn(vocab)
+    knn.fit(Sessions.from_lists([[1, 2, 3], [2, 4], [1, 4]]))
+    served = Served(knn, "vsknn", "v1", (["d", "a"], [1.0, 0.5]))
+    metrics = Metrics()
+
+    async def run():
+        service = InferenceService(served, metrics, k=3, max_batch=4, max_wait_ms=20)
+        answers = await asyncio.gather(
+            service.recommend(["zzz"]),
+            service.recommend(["a", "zzz"]),
+            service.recommend(["b"]),
+        )
+        await service.stop()
+        return answers
+
+    cold, with_unknown, plain = asyncio.run(run())
+    assert cold.source == "fallback" and cold.items == ["d", "a"]
+    want, _ = knn.recommend([np.array([1])], k=3)
+    assert with_unknown.source == "model" and with_unknown.items == vocab.decode(want[0].tolist())
+    assert plain.source == "model"
+    # the two model requests went through one micro-batch
+    assert metrics.registry.get_sample_value("nextclick_inference_batch_size_count") == 1
+    assert metrics.registry.get_sample_value("nextclick_inference_batch_size_sum") == 2
