@@ -12,7 +12,10 @@ Negatives are the other targets of the mini-batch plus `n_sample` items drawn wi
 ∝ support^sample_alpha, drawn in large chunks ahead of time. Losses (summed over the mini-batch, as in the
 reference): cross-entropy over the softmax of the row (optionally with the logQ correction), BPR-max and
 TOP1-max (negatives weighted by their softmax, BPR-max with score regularisation `bpreg`), and the original
-BPR and TOP1. The item tables are updated sparsely by Adagrad with momentum (`model.optim.AdagradM`).
+BPR and TOP1, each averaged over the mini-batch. The item tables are updated sparsely by Adagrad with
+momentum (`model.optim.AdagradM`; classical momentum as in the official PyTorch code, Nesterov on request).
+The GRU cell has torch.nn.GRUCell's equations (the official code uses nn.GRUCell) and, as there, the
+dropped-out hidden state is what the next step receives.
 Initialisation as in the reference: U(±sqrt(6 / (fan_in + fan_out))) per gate block, biases 0.
 
 Extensions from the article (../shared/papers/002): `dwell_time` = t repeats a training click
@@ -55,6 +58,7 @@ class GRU4RecParams:
     dropout_p_hidden: float = 0.0
     learning_rate: float = 0.05
     momentum: float = 0.0
+    nesterov: bool = False  # the official PyTorch code uses classical momentum
     n_sample: int = 2048
     sample_alpha: float = 0.5
     sample_store: int = 10_000_000
@@ -198,24 +202,23 @@ class GRUStack(nn.Module):
                 self.w_ih.append(nn.Linear(fan_in, 3 * h))
                 _glorot_(self.w_ih[-1].weight, 3)
                 nn.init.zeros_(self.w_ih[-1].bias)
-            self.w_hh.append(nn.Linear(h, 3 * h, bias=False))
+            self.w_hh.append(nn.Linear(h, 3 * h))
             _glorot_(self.w_hh[-1].weight, 3)
+            nn.init.zeros_(self.w_hh[-1].bias)
 
     def input_gates(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         return self.w_ih[layer - 1 if self.one_hot else layer](x)
 
     @staticmethod
     def cell(gi: torch.Tensor, h: torch.Tensor, w_hh: nn.Linear) -> torch.Tensor:
-        """The reference's GRU: the reset gate scales the state before its transform (Cho et al.'s form),
-        h' = (1 - z) h + z tanh(W x + U (r ⊙ h)), with one bias on the input side."""
-        size = h.shape[1]
+        """torch.nn.GRUCell's equations, which the official PyTorch GRU4Rec uses:
+        n = tanh(W_n x + b_in + r ⊙ (U_n h + b_hn)),  h' = (1 - z) n + z h."""
         i_r, i_z, i_n = gi.chunk(3, dim=1)
-        u_rz, u_n = w_hh.weight[: 2 * size], w_hh.weight[2 * size :]
-        h_r, h_z = (h @ u_rz.T).chunk(2, dim=1)
+        h_r, h_z, h_n = w_hh(h).chunk(3, dim=1)
         r = torch.sigmoid(i_r + h_r)
         z = torch.sigmoid(i_z + h_z)
-        n = torch.tanh(i_n + (r * h) @ u_n.T)
-        return (1 - z) * h + z * n
+        n = torch.tanh(i_n + r * h_n)
+        return (1 - z) * n + z * h
 
 
 class GRU4Rec(nn.Module):
@@ -296,19 +299,19 @@ class GRU4RecRecommender(Recommender):
             if p.n_sample
             else None
         )
-        log_prob = (
-            torch.from_numpy(np.log(np.maximum(sampler.prob, 1e-30))).float().to(self.device)
-            if (sampler is not None and p.logq > 0)
+        log_pop = (
+            torch.from_numpy(np.log(np.maximum(counts, 1)).astype(np.float32)).to(self.device)
+            if p.logq > 0
             else None
         )
-        opt = AdagradM(self.net.parameters(), lr=p.learning_rate, momentum=p.momentum)
+        opt = AdagradM(self.net.parameters(), lr=p.learning_rate, momentum=p.momentum, nesterov=p.nesterov)
         users = train.users if p.hrnn else None
         history: dict[str, Any] = {"epochs": []}
         n_events = int((train.lengths[train.lengths >= 2] - 1).sum())
         for epoch in range(1, p.n_epochs + 1):
             t0 = time.perf_counter()
             loss = self._epoch(
-                train, sampler, log_prob, opt, users, progress, f"gru4rec epoch {epoch}", n_events
+                train, sampler, log_pop, opt, users, progress, f"gru4rec epoch {epoch}", n_events
             )
             seconds = time.perf_counter() - t0
             record: dict[str, Any] = {
@@ -332,7 +335,7 @@ class GRU4RecRecommender(Recommender):
         self,
         train: Sessions,
         sampler: NegativeSampler | None,
-        log_prob: torch.Tensor | None,
+        log_pop: torch.Tensor | None,
         opt: torch.optim.Optimizer,
         users: np.ndarray | None,
         progress: bool,
@@ -365,11 +368,13 @@ class GRU4RecRecommender(Recommender):
             vec, state = net.step(x_idx, state)
             cand = y_idx if sampler is None else torch.cat([y_idx, torch.from_numpy(sampler()).to(dev)])
             r = net.score_items(vec, cand)
-            if log_prob is not None and p.loss == "cross-entropy":
-                r = r - p.logq * log_prob[cand]
+            if log_pop is not None and p.loss == "cross-entropy":
+                correction = log_pop[cand]
+                correction[len(inp) :] *= p.sample_alpha  # samples were drawn by popularity^alpha
+                r = r - p.logq * correction
             if p.elu_param > 0 and p.loss in ("bpr-max", "top1-max"):
                 r = F.elu(r, alpha=p.elu_param)
-            loss = gru4rec_loss(r, p.loss, p.bpreg)
+            loss = gru4rec_loss(r, p.loss, p.bpreg) / len(inp)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -379,7 +384,7 @@ class GRU4RecRecommender(Recommender):
                     if users[session[slot]] >= 0:
                         user_last[int(users[session[slot]])] = state[slot, : p.layers[0]].detach()
             if steps % 50 == 0:
-                current = loss.item() / len(inp)
+                current = loss.item()
                 total += current
                 bar.set_postfix(loss=f"{current:.3f}", refresh=False)
             steps += 1
