@@ -108,7 +108,7 @@ class Pipeline:
                 for item in pending:
                     (rest if item[1].session_id in seen else wave).append(item)
                     seen.add(item[1].session_id)
-                await asyncio.gather(*(self._answer(e, c) for e, c in wave))
+                await asyncio.gather(*(self._answer_or_dead_letter(e, c) for e, c in wave))
                 pending = rest
             self.metrics.active_sessions.set(len(self.table.data))
 
@@ -138,6 +138,20 @@ class Pipeline:
             self.metrics.events.labels(outcome="repartitioned").inc()
             return None
         return click
+
+    async def _answer_or_dead_letter(self, event: EventT, click: Click) -> None:
+        """A click that cannot be answered (a model failure) goes to the DLQ; the worker goes on."""
+        try:
+            await self._answer(event, click)
+        except Exception as exc:
+            log.exception("click %s of session %s failed", click.event_id, click.session_id)
+            await self.dlq.send(
+                key=event.message.key,
+                value=event.message.value or b"",
+                headers=[("reason", b"internal_error"), ("detail", repr(exc)[:200].encode())],
+            )
+            self.metrics.dlq.labels(reason="internal_error").inc()
+            self.metrics.events.labels(outcome="failed").inc()
 
     async def _answer(self, event: EventT, click: Click) -> None:
         s = self.settings
