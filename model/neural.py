@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,11 +82,16 @@ class NeuralRecommender(Recommender):
         history: dict[str, Any] = {"epochs": [], "best_epoch": None, "train_samples": len(samples)}
         best_score, best_state, stale = -1.0, None, 0
         for epoch in range(1, p.epochs + 1):
+            # stepped before the epoch, as the SR-GNN reference does: the first decay comes after
+            # lr_dc_step - 1 epochs, the next ones every lr_dc_step epochs (1e-3, 1e-3, 1e-4, 1e-4, 1e-4, 1e-5...)
+            with warnings.catch_warnings():  # "scheduler stepped before the optimizer": on purpose
+                warnings.simplefilter("ignore", UserWarning)
+                sched.step()
             t0 = time.perf_counter()
             loss = self._train_epoch(samples, opt, rng, progress, f"{self.name} epoch {epoch}")
             seconds = time.perf_counter() - t0
-            sched.step()
             record: dict[str, Any] = {
+                "lr": opt.param_groups[0]["lr"],
                 "epoch": epoch,
                 "loss": loss,
                 "seconds": round(seconds, 2),
