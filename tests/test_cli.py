@@ -69,3 +69,25 @@ def test_user_mistakes_are_one_line_without_traceback(argv, message):
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("nextclick: error:") and message in lines[-1]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["replay", "--limit", "5", "--quiet"], "no Kafka broker answers at 127.0.0.1:1"),
+        (["worker", "--checkpoint", "/no/ck"], "not a checkpoint"),
+        (["worker"], "needs --checkpoint DIR or --registry DIR"),
+        (["tail", "--limit", "1"], "no Kafka broker answers"),
+    ],
+)
+def test_stream_commands_fail_in_one_line(argv, message):
+    import os
+
+    env = {**os.environ, "KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    env.pop("NEXTCLICK_CHECKPOINT", None)
+    env.pop("NEXTCLICK_REGISTRY", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream.cli", *argv], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr.strip().splitlines()[-1] and "Traceback" not in proc.stderr
