@@ -69,8 +69,9 @@ class Served:
 
 @dataclass(frozen=True)
 class Request:
-    known: np.ndarray  # the session's known item indices, oldest first
-    session_id: str | None = None
+    known: np.ndarray  # the session's known item indices (in `served`'s vocabulary), oldest first
+    session_id: str | None
+    served: Served
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class InferenceService:
             return Answer(items, scores, served.name, served.version, "fallback")
         self.start()
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        await self.queue.put((Request(known, session_id), fut))
+        await self.queue.put((Request(known, session_id, served), fut))
         return await fut
 
     async def _run(self) -> None:
@@ -149,17 +150,27 @@ class InferenceService:
                     batch.append(await asyncio.wait_for(self.queue.get(), timeout))
                 except TimeoutError:
                     break
-            served = self.served
-            try:
-                answers = await loop.run_in_executor(self.pool, self._infer, served, [b[0] for b in batch])
-            except Exception as exc:  # a failing batch fails its requests, never the service
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            for (_, fut), answer in zip(batch, answers, strict=True):
+            # item indices belong to the model that encoded them: a swap mid-batch splits the batch
+            groups: dict[int, list[tuple[Request, asyncio.Future[Answer]]]] = {}
+            for entry in batch:
+                groups.setdefault(id(entry[0].served), []).append(entry)
+            for group in groups.values():
+                await self._run_group(loop, group)
+
+    async def _run_group(
+        self, loop: asyncio.AbstractEventLoop, group: list[tuple[Request, asyncio.Future[Answer]]]
+    ) -> None:
+        requests = [r for r, _ in group]
+        try:
+            answers = await loop.run_in_executor(self.pool, self._infer, requests[0].served, requests)
+        except Exception as exc:  # a failing batch fails its requests, never the service
+            for _, fut in group:
                 if not fut.done():
-                    fut.set_result(answer)
+                    fut.set_exception(exc)
+            return
+        for (_, fut), answer in zip(group, answers, strict=True):
+            if not fut.done():
+                fut.set_result(answer)
 
     def _infer(self, served: Served, requests: list[Request]) -> list[Answer]:
         t0 = time.perf_counter()

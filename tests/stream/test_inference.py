@@ -87,3 +87,30 @@ def test_unknown_items_are_skipped_and_a_session_without_known_items_gets_the_fa
     # the two model requests went through one micro-batch
     assert metrics.registry.get_sample_value("nextclick_inference_batch_size_count") == 1
     assert metrics.registry.get_sample_value("nextclick_inference_batch_size_sum") == 2
+
+
+def test_a_swap_between_enqueue_and_inference_keeps_each_request_with_its_model():
+    from model.pop import Pop
+
+    old_vocab = ItemVocab(["a", "b", "c", "d"])
+    knn = SessionKnn(old_vocab)
+    knn.fit(Sessions.from_lists([[1, 2, 3], [2, 4]]))
+    new_vocab = ItemVocab(["x", "b", "a"])  # other indices for the same ids
+    pop = Pop(new_vocab)
+    pop.fit(Sessions.from_lists([[3, 3, 2]]))
+    metrics = Metrics()
+
+    async def run():
+        service = InferenceService(Served(knn, "vsknn", "v1", ([], [])), metrics, k=2, max_wait_ms=30)
+        first = asyncio.ensure_future(service.recommend(["a", "b"]))
+        await asyncio.sleep(0)  # enqueued with v1
+        service.swap(Served(pop, "pop", "v2", ([], [])))
+        second = await service.recommend(["a", "b"])
+        answers = (await first, second)
+        await service.stop()
+        return answers
+
+    first, second = asyncio.run(run())
+    assert (first.model, first.version) == ("vsknn", "v1") and set(first.items) <= set(old_vocab.ids)
+    assert (second.model, second.version, second.items) == ("pop", "v2", ["a", "b"])
+    assert metrics.registry.get_sample_value("nextclick_model_swaps_total") == 1
