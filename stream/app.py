@@ -14,6 +14,10 @@ Expiry. Faust tables have no per-key TTL (faust-streaming #515), so a timer scan
 click time this worker has seen); over-long sessions close right after their last answer. A closed session
 is published to `sessions` for the trainer and deleted from the table (a tombstone in the changelog).
 
+Redelivery. Processing is at-least-once: after a crash or a rebalance before the offset commit a click can
+arrive twice. Each session remembers the offset of the last click it absorbed; a click at or below it is
+answered again (from the history as it stands) but never appended twice, so histories stay exact.
+
 Ordering. Within one micro-batch the clicks of one session are processed in order: the batch is split
 into waves holding at most one click per session, each wave waiting for the previous one.
 """
@@ -159,6 +163,7 @@ class Pipeline:
         event_time = click.timestamp if click.timestamp is not None else arrived
         self.max_event_time = max(self.max_event_time, event_time)
         state = self.table.data.get(click.session_id)
+        offset = event.message.offset
         if state is None:
             state = {
                 "items": [],
@@ -166,16 +171,25 @@ class Pipeline:
                 "recs": [],
                 "user": click.user_id,
                 "p": event.message.partition,
+                "o": -1,
             }
-        elif state["recs"]:
-            self._evaluate_online(state["recs"], click.item_id)
-        state["items"].append(click.item_id)
-        state["times"].append(event_time)
+        replayed = state.get("p") == event.message.partition and offset <= state.get("o", -1)
         service = await self._service()
-        answer = await service.recommend(state["items"], click.session_id)
-        state["recs"] = answer.items
-        state["p"] = event.message.partition
-        self._put(click.session_id, state, event.message.partition)
+        if replayed:
+            # at-least-once redelivery (a rebalance or crash before the offset commit): the click is in the
+            # history already; answer it again from the history as it stands, append nothing
+            answer = await service.recommend(state["items"])
+            self.metrics.events.labels(outcome="redelivered").inc()
+        else:
+            if state["recs"]:
+                self._evaluate_online(state["recs"], click.item_id)
+            state["items"].append(click.item_id)
+            state["times"].append(event_time)
+            answer = await service.recommend(state["items"], click.session_id)
+            state["recs"] = answer.items
+            state["p"] = event.message.partition
+            state["o"] = offset
+            self._put(click.session_id, state, event.message.partition)
         latency = time.time() - arrived
         await self.recommendations.send(
             key=click.session_id.encode(),

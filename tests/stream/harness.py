@@ -145,9 +145,16 @@ def click(session: str, item: str, event: str, ts: float | None = None) -> tuple
     return session.encode(), json.dumps(value).encode()
 
 
-def collect(bootstrap: str, topic: str, count: int, timeout: float = 60.0, settle: float = 1.5) -> list[Any]:
-    """Records of a topic from its beginning until `count` arrived (and `settle` more seconds passed, so
-    that duplicates would show) or the timeout."""
+def collect(
+    bootstrap: str,
+    topic: str,
+    count: int,
+    timeout: float = 60.0,
+    settle: float = 1.5,
+    events: set[str] | None = None,
+) -> list[Any]:
+    """Records of a topic from its beginning until `count` arrived (and, if given, every event id in
+    `events`), then `settle` more seconds so that duplicates would show, or until the timeout."""
     cons = consumer(bootstrap, topic, from_beginning=True)
     out: list[Any] = []
     deadline = time.monotonic() + timeout
@@ -156,7 +163,9 @@ def collect(bootstrap: str, topic: str, count: int, timeout: float = 60.0, settl
         while time.monotonic() < deadline:
             for records in cons.poll(timeout_ms=200).values():
                 out.extend(records)
-            if len(out) >= count and done_at is None:
+                if events:
+                    events = events - {json.loads(r.value).get("event_id") for r in records}
+            if len(out) >= count and not events and done_at is None:
                 done_at = time.monotonic()
             if done_at is not None and time.monotonic() - done_at > settle:
                 break

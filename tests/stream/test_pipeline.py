@@ -107,7 +107,8 @@ def test_a_restarted_worker_recovers_every_session_history(bootstrap, topics, se
     try:
         final = _clicks(30, 1, vocab, seed=2)
         send(bootstrap, topics.clicks, [click(s, i, e + "-after") for s, i, e in final])  # sent at once
-        recs = _by_event(collect(bootstrap, topics.recommendations, len(burst) + len(final), settle=0.0))
+        wanted = {e + "-after" for _, _, e in final}
+        recs = _by_event(collect(bootstrap, topics.recommendations, len(burst) + len(final), events=wanted))
         restart_to_answers = time.monotonic() - restarted
     finally:
         again.stop()
@@ -118,10 +119,12 @@ def test_a_restarted_worker_recovers_every_session_history(bootstrap, topics, se
         history[s].append(i)
     for s, _, e in final:
         got = recs[e + "-after"]
-        assert len(got) == 1
+        # at-least-once: a click redelivered after the restart may be answered twice, never differently
+        assert 1 <= len(got) <= 2
         known = model.vocab.lookup(history[s])
         want, _ = model.recommend([known[known >= 1][-50:]], k=20)
-        assert got[0]["items"] == model.vocab.decode(want[0].tolist()), f"session {s} lost history"
+        for answer in got:
+            assert answer["items"] == model.vocab.decode(want[0].tolist()), f"session {s} lost history"
 
 
 def test_two_workers_share_the_partitions_and_answer_every_click_once(
