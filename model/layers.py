@@ -44,8 +44,3 @@ def pad_windows(
     inside = offset < lengths[:, None]
     index = np.where(inside, starts[:, None] + offset, 0)
     return torch.from_numpy(np.where(inside, items[index], 0))
-
-
-def last_index(mask: torch.Tensor) -> torch.Tensor:
-    """Position of the last real click of each right-padded row."""
-    return mask.sum(dim=1) - 1

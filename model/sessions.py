@@ -83,16 +83,6 @@ class Sessions:
         )
         return kept.select(lengths >= min_length) if min_length > 0 else kept
 
-    def start_times(self) -> np.ndarray | None:
-        if self.times is None:
-            return None
-        return self.times[self.offsets[:-1]]
-
-    def end_times(self) -> np.ndarray | None:
-        if self.times is None:
-            return None
-        return self.times[self.offsets[1:] - 1]
-
     def to_lists(self) -> list[list[int]]:
         return [s.tolist() for s in self]
 
@@ -156,11 +146,3 @@ def split_last(sessions: Sessions, fraction: float) -> tuple[Sessions, Sessions]
     cut = len(sessions) - n_held
     index = np.arange(len(sessions))
     return sessions.select(index[:cut]), sessions.select(index[cut:])
-
-
-def sort_by_time(sessions: Sessions) -> Sessions:
-    """Sessions ordered by their start time (stable), the order every split here relies on."""
-    start = sessions.start_times()
-    if start is None:
-        return sessions
-    return sessions.select(np.argsort(start, kind="stable"))

@@ -47,6 +47,7 @@ class Pipeline:
         self.settings = settings
         self.metrics = Metrics()
         self.service: InferenceService | None = None
+        self._loaded = asyncio.Event()  # set once the model is loaded; clicks wait for it, never get dropped
         self.max_event_time = 0.0
         s = settings
         self.clicks = app.topic(
@@ -81,11 +82,12 @@ class Pipeline:
         served = await self.app.loop.run_in_executor(None, load_served, path, s.device, s.k)
         self.service = InferenceService(served, self.metrics, s.k, s.batch_size, s.batch_wait_ms)
         self.service.start()
+        self._loaded.set()
         log.info("serving %s version %s from %s", served.name, served.version, path)
 
     async def _service(self) -> InferenceService:
-        while self.service is None:  # the model loads at start; clicks wait for it, never get dropped
-            await asyncio.sleep(0.05)
+        await self._loaded.wait()
+        assert self.service is not None
         return self.service
 
     # -- table access with an explicit changelog partition ----------------------------------------------

@@ -207,12 +207,3 @@ class InferenceService:
         scores[:, 0] = -torch.inf
         top = torch.topk(scores, min(self.k, model.n_items), dim=1)
         return top.indices.cpu(), top.values.cpu()
-
-
-def answer_dict(answer: Answer) -> dict[str, Any]:
-    return {
-        "items": answer.items,
-        "scores": answer.scores,
-        "model": answer.model,
-        "model_version": answer.version,
-    }
