@@ -60,14 +60,15 @@ class Recommender:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k item indices and their scores for each session, padding (and optionally the session's own
         items) excluded. Sessions must be non-empty; the stream handles empty ones with its fallback."""
-        scores = self.score(sessions).to(torch.float32, copy=True)
-        scores[:, 0] = -torch.inf
+        scores = self.score(sessions)
         if exclude_seen:
+            scores = scores.to(torch.float32, copy=True)
             rows = np.repeat(np.arange(len(sessions)), [len(s) for s in sessions])
             cols = np.concatenate([np.asarray(s, dtype=np.int64) for s in sessions])
             scores[torch.as_tensor(rows), torch.as_tensor(cols)] = -torch.inf
-        top = torch.topk(scores, min(k, self.n_items), dim=1)
-        return top.indices.cpu(), top.values.cpu()
+        # column 0 (padding) is left out by slicing: no pass over the (B, n_items) matrix to mask it
+        top = torch.topk(scores[:, 1:], min(k, self.n_items), dim=1)
+        return (top.indices + 1).cpu(), top.values.float().cpu()
 
     def to(self, device: torch.device | str) -> Recommender:
         self.device = torch.device(device)

@@ -43,6 +43,7 @@ def save_checkpoint(
     metrics: dict | None = None,
     history: dict | None = None,
     fallback: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +65,7 @@ def save_checkpoint(
             "history": history or {},
             "fallback": fallback or [],
             "created_at": time.time(),
+            **(extra or {}),
         }
         (tmp / META).write_text(json.dumps(meta))
         for f in tmp.iterdir():

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from model.base import Recommender
 from model.errors import UserError
+from model.layers import Bf16Scoring
 from model.metrics import evaluate
 from model.optim import AdagradM
 from model.runtime import tune_malloc
@@ -221,7 +222,7 @@ class GRUStack(nn.Module):
         return (1 - z) * n + z * h
 
 
-class GRU4Rec(nn.Module):
+class GRU4Rec(Bf16Scoring, nn.Module):
     def __init__(self, n_items: int, p: GRU4RecParams) -> None:
         super().__init__()
         self.p = p
@@ -265,7 +266,7 @@ class GRU4Rec(nn.Module):
         return out @ self.wy(items).T + self.by(items).T
 
     def score_all(self, out: torch.Tensor) -> torch.Tensor:
-        scores = out @ self.wy.weight.T + self.by.weight.T
+        scores = self.score_matrix(out, self.wy.weight, self.by.weight.squeeze(1))
         scores[:, 0] = -torch.inf
         return scores
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.layers import uniform_init_
+from model.layers import Bf16Scoring, uniform_init_
 from model.neural import NeuralParams, NeuralRecommender
 
 
@@ -109,7 +109,7 @@ class GatedGraphLayer(nn.Module):
         return h
 
 
-class SRGNN(nn.Module):
+class SRGNN(Bf16Scoring, nn.Module):
     def __init__(self, n_items: int, p: SRGNNParams) -> None:
         super().__init__()
         d = p.hidden_size
@@ -140,7 +140,7 @@ class SRGNN(nn.Module):
         if self.training and self.bf16:
             logits = (s.bfloat16() @ self.embedding.weight.bfloat16().T).float()
         else:
-            logits = s @ self.embedding.weight.T
+            logits = self.score_matrix(s, self.embedding.weight)
         logits[:, 0] = -torch.inf  # in place: cheaper than scoring a slice (whose gradient is a full copy)
         return logits
 

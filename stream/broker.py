@@ -2,7 +2,7 @@
 
 Tansu keeps everything in memory (a restart wipes topics, offsets and groups), applies no compaction, and
 reports a wrong end offset for multi-record batches; see ../shared/notes/embedded-broker.md and the
-`single_record_batches` setting. Production users point KAFKA_BOOTSTRAP at Apache Kafka instead.
+`changelog_catchup` setting. Production users point KAFKA_BOOTSTRAP at Apache Kafka instead.
 """
 
 from __future__ import annotations

@@ -139,6 +139,92 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trainer(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    from model.params import parse_sets
+    from stream.clients import require_broker
+    from stream.config import Settings
+    from stream.trainer import Trainer, TrainerSettings
+
+    logging.basicConfig(
+        level=getattr(logging, args.loglevel.upper()), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    s = Settings.from_env()
+    registry = args.registry or os.environ.get("NEXTCLICK_REGISTRY")
+    if not registry:
+        raise UserError("nextclick trainer needs --registry DIR (env NEXTCLICK_REGISTRY)")
+    settings = TrainerSettings(
+        registry=registry,
+        bootstrap=s.bootstrap,
+        topic_sessions=s.topic_sessions,
+        topic_model_updates=s.topic_model_updates,
+        group=f"{s.app_id}-trainer",
+        log_dir=args.log_dir or os.environ.get("NEXTCLICK_SESSION_LOG"),
+        interval=args.interval,
+        min_new_sessions=args.min_new_sessions,
+        model=args.model,
+        warm_start=not args.scratch,
+        epochs=args.epochs,
+        sets=parse_sets(args.set),
+        gate_metric=args.gate_metric,
+        gate_tolerance=args.gate_tolerance,
+        retention_days=args.retention_days,
+        max_sessions=args.max_sessions,
+        keep_versions=args.keep,
+        metrics_port=args.metrics_port,
+        device=args.device,
+    )
+    require_broker(settings.bootstrap)
+    Trainer(settings).run(once=args.once)
+    return 0
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    from model.checkpoint import load_checkpoint
+    from model.registry import Registry
+
+    root = args.registry or os.environ.get("NEXTCLICK_REGISTRY")
+    if not root:
+        raise UserError(f"nextclick model {args.action} needs --registry DIR (env NEXTCLICK_REGISTRY)")
+    registry = Registry(root)
+    if args.action == "list":
+        rows = registry.versions()
+        if args.json:
+            print(json.dumps([row.__dict__ for row in rows]))
+            return 0
+        if not rows:
+            print(f"{root}: no versions")
+        for row in rows:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.created_at))
+            mrr = row.metrics.get("mrr@20")
+            score = f"mrr@20 {100 * mrr:.2f} %" if isinstance(mrr, int | float) else ""
+            print(f"{'*' if row.latest else ' '} {row.version}  {row.model:8s} {when}  {score}")
+        return 0
+    if args.action == "promote":
+        if not args.version:
+            raise UserError("nextclick model promote needs a VERSION (see: nextclick model list)")
+        registry.promote(args.version)
+        print(f"{root}: LATEST -> {args.version} (workers follow within their poll interval)")
+        return 0
+    if not args.checkpoint:  # publish
+        raise UserError("nextclick model publish needs --checkpoint DIR")
+    model, meta = load_checkpoint(args.checkpoint)
+    version = registry.publish(
+        model,
+        data=meta.get("data"),
+        metrics=meta.get("metrics"),
+        history=meta.get("history"),
+        fallback=meta.get("fallback"),
+    )
+    print(f"{root}: published {args.checkpoint} as {version}")
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from stream.clients import click_events, replay
     from stream.config import Settings
@@ -206,6 +292,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--loglevel", default="warning")
     w.set_defaults(func=cmd_worker)
+
+    tr = sub.add_parser("trainer", help="log finished sessions, retrain, gate and publish to a registry")
+    tr.add_argument("--registry", help="registry folder (env NEXTCLICK_REGISTRY)")
+    tr.add_argument("--log-dir", help="session log folder (default REGISTRY/../session-log)")
+    tr.add_argument("--interval", type=float, default=300.0, help="retrain at least this often, seconds")
+    tr.add_argument("--min-new-sessions", type=int, default=1000, help="... or after this many new sessions")
+    tr.add_argument("--model", help="model kind (default: the serving one's, gru4rec for an empty registry)")
+    tr.add_argument(
+        "--scratch", action="store_true", help="train from scratch, not warm from the serving model"
+    )
+    tr.add_argument("--epochs", type=int, default=3)
+    tr.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="one hyperparameter")
+    tr.add_argument("--gate-metric", default="mrr@20")
+    tr.add_argument("--gate-tolerance", type=float, default=0.005, help="publish if >= serving - this")
+    tr.add_argument("--retention-days", type=float, default=30.0)
+    tr.add_argument(
+        "--max-sessions", type=int, default=200_000, help="train on at most the newest N sessions"
+    )
+    tr.add_argument("--keep", type=int, default=5, help="versions kept in the registry")
+    tr.add_argument("--metrics-port", type=int, default=9101, help="Prometheus /metrics port, 0 = off")
+    tr.add_argument("--device", default="auto")
+    tr.add_argument("--once", action="store_true", help="ingest what is there, run one cycle, exit")
+    tr.add_argument("--loglevel", default="info")
+    tr.set_defaults(func=cmd_trainer)
+
+    mo = sub.add_parser("model", help="the registry's versions: list, promote (rollback), publish")
+    mo.add_argument("action", choices=["list", "promote", "publish"])
+    mo.add_argument("version", nargs="?", help="for promote: the version to serve")
+    mo.add_argument("--registry", help="registry folder (env NEXTCLICK_REGISTRY)")
+    mo.add_argument("--checkpoint", help="for publish: a checkpoint folder to add as a new version")
+    mo.add_argument("--json", action="store_true")
+    mo.set_defaults(func=cmd_model)
 
     r = sub.add_parser("replay", help="publish a data set's clicks to the clicks topic in time order")
     r.add_argument("--data", default="synthetic:2000", help="any --data format, or synthetic[:N]")

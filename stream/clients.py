@@ -32,6 +32,34 @@ def security_settings() -> dict[str, Any]:
     return out
 
 
+def aiokafka_security() -> dict[str, Any]:
+    """The same settings for aiokafka clients, which take an SSL context instead of a CA file."""
+    out = security_settings()
+    cafile = out.pop("ssl_cafile", None)
+    if cafile or out.get("security_protocol", "").endswith("SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        out["ssl_context"] = create_ssl_context(cafile=cafile)
+    return out
+
+
+def faust_credentials() -> Any:
+    """Faust's `broker_credentials` from the same environment (None: plaintext, no authentication)."""
+    import faust
+
+    sec = aiokafka_security()
+    if "sasl_mechanism" in sec:
+        return faust.SASLCredentials(
+            username=sec["sasl_plain_username"],
+            password=sec["sasl_plain_password"],
+            mechanism=sec["sasl_mechanism"],
+            ssl_context=sec.get("ssl_context"),
+        )
+    if "ssl_context" in sec:
+        return faust.SSLCredentials(sec["ssl_context"])
+    return None
+
+
 def require_broker(bootstrap: str) -> None:
     """One clear line instead of a client's retries and traceback when nothing listens there."""
     from stream.broker import port_open
@@ -54,7 +82,14 @@ def producer(bootstrap: str) -> Any:
         raise UserError(f"cannot connect to Kafka at {bootstrap}: {exc}") from None
 
 
-def consumer(bootstrap: str, *topics: str, group: str | None = None, from_beginning: bool = True) -> Any:
+def consumer(
+    bootstrap: str,
+    *topics: str,
+    group: str | None = None,
+    from_beginning: bool = True,
+    auto_commit: bool = True,
+) -> Any:
+    """A kafka-python consumer; with `auto_commit=False` the caller commits (after its own durable write)."""
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
@@ -68,7 +103,8 @@ def consumer(bootstrap: str, *topics: str, group: str | None = None, from_beginn
             session_timeout_ms=6000,
             heartbeat_interval_ms=1000,
             fetch_max_wait_ms=20,
-            enable_auto_commit=group is not None,
+            enable_auto_commit=group is not None and auto_commit,
+            max_poll_interval_ms=3_600_000,  # a trainer polls again only after a training cycle
             **security_settings(),
         )
     except KafkaError as exc:

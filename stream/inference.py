@@ -29,6 +29,7 @@ import torch
 
 from model.base import Recommender, resolve_device
 from model.checkpoint import load_checkpoint
+from model.layers import Bf16Scoring
 from stream.metrics import Metrics
 
 
@@ -65,6 +66,7 @@ class Served:
     fallback: tuple[list[str], list[float]]
     max_len: int = 50  # a model without incremental state sees at most this many latest known clicks
     cache: StateCache | None = None  # for models with `step` (GRU4Rec)
+    published_at: float | None = None  # when the registry published this version
 
 
 @dataclass(frozen=True)
@@ -83,13 +85,26 @@ class Answer:
     source: str  # "model" or "fallback"
 
 
-def load_served(path: str | Path, device: str = "auto", k: int = 20) -> Served:
+def load_served(path: str | Path, device: str = "auto", k: int = 20, bf16: bool = True) -> Served:
     model, meta = load_checkpoint(path, resolve_device(device))
+    net = getattr(model, "net", None)
+    if bf16 and isinstance(net, Bf16Scoring):
+        net.scoring_bf16 = True
     fallback_ids = meta.get("fallback") or model.vocab.ids[1 : k + 1]
     fallback = (list(fallback_ids[:k]), [float(k - i) / k for i in range(min(k, len(fallback_ids)))])
     version = str(meta.get("version") or Path(path).name)
     cache = StateCache() if hasattr(model, "step") and hasattr(model, "final_states") else None
-    return Served(model, meta["model"], version, fallback, cache=cache)
+    return Served(model, meta["model"], version, fallback, cache=cache, published_at=meta.get("published_at"))
+
+
+@dataclass
+class Job:
+    """Requests that answer together: one click (`wait`: it may wait for others to share its batch) or
+    the clicks agent's whole consumed batch (already a batch: it runs at once)."""
+
+    requests: list[Request]
+    future: asyncio.Future[list[Answer]]
+    wait: bool
 
 
 class InferenceService:
@@ -101,7 +116,7 @@ class InferenceService:
         self.k = k
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
-        self.queue: asyncio.Queue[tuple[Request, asyncio.Future[Answer]]] = asyncio.Queue()
+        self.queue: asyncio.Queue[Job] = asyncio.Queue()
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nextclick-inference")
         self._task: asyncio.Task[None] | None = None
         self.metrics.set_model(served.name, served.version)
@@ -123,54 +138,72 @@ class InferenceService:
         self.metrics.model_swaps.inc()
 
     async def recommend(self, history: list[str], session_id: str | None = None) -> Answer:
+        return (await self.recommend_many([(history, session_id)], wait=True))[0]
+
+    async def recommend_many(
+        self, histories: list[tuple[list[str], str | None]], wait: bool = False
+    ) -> list[Answer]:
+        """One answer per (item history, session id); all of them from the model served when called."""
         served = self.served
-        known = served.model.vocab.lookup(history)
-        known = known[known >= 1]
-        if served.cache is None:
-            known = known[-served.max_len :]
-        if known.size == 0:
-            items, scores = served.fallback
-            return Answer(items, scores, served.name, served.version, "fallback")
-        self.start()
-        fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        await self.queue.put((Request(known, session_id, served), fut))
-        return await fut
+        answers: list[Answer | None] = [None] * len(histories)
+        requests: list[Request] = []
+        slots: list[int] = []
+        for i, (history, session_id) in enumerate(histories):
+            known = served.model.vocab.lookup(history)
+            known = known[known >= 1]
+            if served.cache is None:
+                known = known[-served.max_len :]
+            if known.size == 0:
+                items, scores = served.fallback
+                answers[i] = Answer(items, scores, served.name, served.version, "fallback")
+            else:
+                requests.append(Request(known, session_id, served))
+                slots.append(i)
+        if requests:
+            self.start()
+            job = Job(requests, asyncio.get_running_loop().create_future(), wait)
+            await self.queue.put(job)
+            for i, answer in zip(slots, await job.future, strict=True):
+                answers[i] = answer
+        return answers  # type: ignore[return-value]
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            first = await self.queue.get()
-            batch = [first]
-            deadline = loop.time() + self.max_wait
-            while len(batch) < self.max_batch:
-                timeout = deadline - loop.time()
-                if timeout <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self.queue.get(), timeout))
-                except TimeoutError:
-                    break
-            # item indices belong to the model that encoded them: a swap mid-batch splits the batch
-            groups: dict[int, list[tuple[Request, asyncio.Future[Answer]]]] = {}
-            for entry in batch:
-                groups.setdefault(id(entry[0].served), []).append(entry)
-            for group in groups.values():
-                await self._run_group(loop, group)
+            jobs = [await self.queue.get()]
+            size = len(jobs[0].requests)
+            if jobs[0].wait:
+                deadline = loop.time() + self.max_wait
+                while size < self.max_batch and (timeout := deadline - loop.time()) > 0:
+                    try:
+                        jobs.append(await asyncio.wait_for(self.queue.get(), timeout))
+                    except TimeoutError:
+                        break
+                    size += len(jobs[-1].requests)
+            while size < self.max_batch and not self.queue.empty():
+                jobs.append(self.queue.get_nowait())
+                size += len(jobs[-1].requests)
+            await self._run_jobs(loop, jobs)
 
-    async def _run_group(
-        self, loop: asyncio.AbstractEventLoop, group: list[tuple[Request, asyncio.Future[Answer]]]
-    ) -> None:
-        requests = [r for r, _ in group]
-        try:
-            answers = await loop.run_in_executor(self.pool, self._infer, requests[0].served, requests)
-        except Exception as exc:  # a failing batch fails its requests, never the service
-            for _, fut in group:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
-        for (_, fut), answer in zip(group, answers, strict=True):
-            if not fut.done():
-                fut.set_result(answer)
+    async def _run_jobs(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> None:
+        # item indices belong to the model that encoded them: a swap between two jobs splits the batch
+        groups: dict[int, list[Job]] = {}
+        for job in jobs:
+            groups.setdefault(id(job.requests[0].served), []).append(job)
+        for group in groups.values():
+            requests = [r for job in group for r in job.requests]
+            try:
+                answers = await loop.run_in_executor(self.pool, self._infer, requests[0].served, requests)
+            except Exception as exc:  # a failing batch fails its requests, never the service
+                for job in group:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            start = 0
+            for job in group:
+                if not job.future.done():
+                    job.future.set_result(answers[start : start + len(job.requests)])
+                start += len(job.requests)
 
     def _infer(self, served: Served, requests: list[Request]) -> list[Answer]:
         t0 = time.perf_counter()
@@ -204,6 +237,5 @@ class InferenceService:
         for row, r in enumerate(requests):
             if r.session_id:
                 cache.put(r.session_id, len(r.known), new[row])
-        scores[:, 0] = -torch.inf
-        top = torch.topk(scores, min(self.k, model.n_items), dim=1)
-        return top.indices.cpu(), top.values.cpu()
+        top = torch.topk(scores[:, 1:], min(self.k, model.n_items), dim=1)  # column 0 is padding
+        return (top.indices + 1).cpu(), top.values.float().cpu()

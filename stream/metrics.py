@@ -39,6 +39,18 @@ class Metrics:
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
             registry=r,
         )
+        self.consumed_batch = Histogram(
+            "nextclick_consumed_batch_size",
+            "Clicks the agent takes from the stream at once",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
+        )
+        self.consumed_batch_latency = Histogram(
+            "nextclick_consumed_batch_seconds",
+            "Time to answer one batch of consumed clicks (validation, inference, publishing)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.active_sessions = Gauge("nextclick_active_sessions", "Sessions held by this worker", registry=r)
         self.reciprocal_rank = Histogram(
             "nextclick_online_reciprocal_rank",
@@ -56,6 +68,21 @@ class Metrics:
             "nextclick_model_info", "The model being served", ["model", "version"], registry=r
         )
         self.model_swaps = Counter("nextclick_model_swaps_total", "Models swapped in", registry=r)
+        self.model_load_failures = Counter(
+            "nextclick_model_load_failures_total", "Model versions refused at load", ["reason"], registry=r
+        )
+        self.swap_seconds = Histogram(
+            "nextclick_model_swap_seconds",
+            "Loading and checking a new version until it serves",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.publish_to_serve = Histogram(
+            "nextclick_model_publish_to_serve_seconds",
+            "Registry publication to serving on this worker",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )
         self.sessions_closed = Counter(
             "nextclick_sessions_closed_total", "Sessions closed", ["reason"], registry=r
         )

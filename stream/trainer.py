@@ -1,0 +1,264 @@
+"""`nextclick trainer`: logs finished sessions, retrains on them, gates and publishes new versions.
+
+A loop: consume the `sessions` topic (a consumer group, offsets committed only after the session log's
+fsync), and run a training cycle every `interval` seconds or after `min_new_sessions` new sessions,
+whichever comes first. A cycle trains a candidate on the log's window (warm-started from the serving
+version, or from scratch), gates it against the serving version on the newest held-out sessions
+(`model.retrain.gate`), and publishes it to the registry only if it passes, then announces it on
+`model-updates`. Every failure of a cycle is logged and counted, and never touches what the workers serve:
+publication is the registry's atomic rename, so a crash mid-cycle leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from model.base import resolve_device
+from model.checkpoint import load_checkpoint
+from model.errors import DataError
+from model.registry import Registry
+from model.retrain import gate, log_to_data, train_candidate
+from model.sessionlog import SessionLog
+from model.training import popular_items, seed_everything
+from stream.clients import consumer, producer
+
+log = logging.getLogger("nextclick.trainer")
+
+
+@dataclasses.dataclass
+class TrainerSettings:
+    registry: str
+    bootstrap: str = "127.0.0.1:9092"
+    topic_sessions: str = "sessions"
+    topic_model_updates: str = "model-updates"
+    group: str = "nextclick-trainer"
+    log_dir: str | None = None  # default: REGISTRY/../session-log
+    interval: float = 300.0
+    min_new_sessions: int = 1000
+    model: str | None = None  # default: the serving model's kind, or gru4rec for an empty registry
+    warm_start: bool = True
+    epochs: int | None = 3
+    sets: dict[str, Any] = dataclasses.field(default_factory=dict)
+    gate_metric: str = "mrr@20"
+    gate_tolerance: float = 0.005
+    holdout_fraction: float = 0.1
+    retention_days: float = 30.0
+    max_sessions: int = 200_000
+    keep_versions: int = 5
+    metrics_port: int = 9101
+    device: str = "auto"
+    seed: int = 42
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.log_dir) if self.log_dir else Path(self.registry).resolve().parent / "session-log"
+
+
+class TrainerMetrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.runs = Counter(
+            "nextclick_trainer_runs_total", "Training cycles by outcome", ["outcome"], registry=r
+        )
+        self.duration = Histogram(
+            "nextclick_trainer_run_seconds",
+            "Duration of a training cycle",
+            buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=r,
+        )
+        self.gate_score = Gauge(
+            "nextclick_trainer_gate_score", "Gate metric of the last cycle", ["model", "metric"], registry=r
+        )
+        self.last_success = Gauge(
+            "nextclick_trainer_last_success_timestamp_seconds",
+            "When a version was last published",
+            registry=r,
+        )
+        self.logged = Counter(
+            "nextclick_trainer_logged_sessions_total", "Sessions appended to the log", registry=r
+        )
+        self.new_sessions = Gauge(
+            "nextclick_trainer_new_sessions", "Sessions logged since the last cycle", registry=r
+        )
+        self.serving_version = Gauge(
+            "nextclick_trainer_published_version", "Number of the registry's latest version", registry=r
+        )
+
+
+class Trainer:
+    def __init__(self, settings: TrainerSettings, metrics: TrainerMetrics | None = None) -> None:
+        self.s = settings
+        self.metrics = metrics or TrainerMetrics()
+        self.registry = Registry(settings.registry, keep=settings.keep_versions)
+        self.log = SessionLog(settings.log_path, settings.retention_days)
+        self.new_sessions = 0
+        self.last_run = time.monotonic()
+        self.stop = threading.Event()
+
+    # -- one cycle ---------------------------------------------------------------------------------------
+    def run_once(self) -> dict[str, Any]:
+        """Train, gate, maybe publish. Returns a summary; never raises for a failed cycle."""
+        t0 = time.perf_counter()
+        self.last_run = time.monotonic()
+        summary: dict[str, Any] = {"outcome": "failed"}
+        try:
+            summary = self._cycle()
+        except DataError as exc:
+            log.warning("training cycle skipped: %s", exc)
+            summary = {"outcome": "skipped", "reason": str(exc)}
+        except Exception as exc:  # the trainer's failures never touch serving: count, log, go on
+            log.exception("training cycle failed")
+            summary = {"outcome": "failed", "reason": repr(exc)}
+        finally:
+            seconds = time.perf_counter() - t0
+            summary["seconds"] = round(seconds, 2)
+            self.metrics.runs.labels(outcome=summary["outcome"]).inc()
+            self.metrics.duration.observe(seconds)
+            self.new_sessions = 0
+            self.metrics.new_sessions.set(0)
+        log.info("training cycle: %s", json.dumps(summary))
+        return summary
+
+    def _cycle(self) -> dict[str, Any]:
+        s = self.s
+        seed_everything(s.seed)
+        self.log.retain()
+        records = self.log.read(s.max_sessions)
+        serving_version = self.registry.latest()
+        serving = None
+        if serving_version is not None:
+            serving, _ = load_checkpoint(self.registry.path(serving_version), "cpu")
+        name = s.model or (serving.name if serving is not None else "gru4rec")
+        base = serving.vocab if serving is not None and s.warm_start and serving.name == name else None
+        data = log_to_data(records, base, s.holdout_fraction)
+        device = resolve_device(s.device)
+        candidate, history = train_candidate(
+            name, data, serving=serving, warm=s.warm_start, epochs=s.epochs, sets=s.sets, device=device
+        )
+        result = gate(candidate.to("cpu"), serving, data, s.gate_metric, s.gate_tolerance)
+        self.metrics.gate_score.labels(model="candidate", metric=s.gate_metric).set(result.candidate)
+        if result.serving is not None:
+            self.metrics.gate_score.labels(model="serving", metric=s.gate_metric).set(result.serving)
+        summary: dict[str, Any] = {
+            "model": name,
+            "sessions": len(records),
+            "train_sessions": len(data.train),
+            "heldout_samples": len(data.test),
+            "warm_start": history.get("warm_start", False),
+            "serving_version": serving_version,
+            "gate": {"metric": s.gate_metric, "candidate": result.candidate, "serving": result.serving},
+        }
+        if not result.publish:
+            log.warning(
+                "candidate refused by the gate: %s %.4f < serving %.4f - %.4f",
+                s.gate_metric,
+                result.candidate,
+                result.serving,
+                s.gate_tolerance,
+            )
+            return {**summary, "outcome": "rejected"}
+        version = self.registry.publish(
+            candidate,
+            data={"name": "session-log", "sessions": len(records), "fingerprint": data.fingerprint()},
+            metrics=result.candidate_metrics,
+            history=history,
+            fallback=popular_items(data),
+            extra={"parent": serving_version, "gate": summary["gate"]},
+        )
+        self.metrics.last_success.set(time.time())
+        self.metrics.serving_version.set(int(version[1:]))
+        self.announce(version, name, result.candidate_metrics)
+        return {**summary, "outcome": "published", "version": version}
+
+    def announce(self, version: str, model: str, metrics: dict[str, Any]) -> None:
+        """Tell the workers at once; a lost announcement only delays a swap (workers poll the registry)."""
+        try:
+            prod = producer(self.s.bootstrap)
+            value = {
+                "version": version,
+                "uri": self.registry.path(version).resolve().as_uri(),
+                "model": model,
+                "metrics": {k: v for k, v in metrics.items() if isinstance(v, int | float)},
+                "created_at": time.time(),
+            }
+            prod.send(self.s.topic_model_updates, value=json.dumps(value).encode())
+            prod.flush(timeout=10)
+            prod.close()
+        except Exception as exc:
+            log.warning(
+                "announcing %s on %s failed (%r); workers will find it by polling",
+                version,
+                self.s.topic_model_updates,
+                exc,
+            )
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def ingest(self, cons: Any, timeout_ms: int = 1000) -> int:
+        """One poll of the sessions topic into the log; offsets committed after the fsync."""
+        batch = cons.poll(timeout_ms=timeout_ms)
+        sessions = []
+        for records in batch.values():
+            for r in records:
+                try:
+                    value = json.loads(r.value)
+                    if isinstance(value, dict) and isinstance(value.get("items"), list):
+                        sessions.append(value)
+                        continue
+                except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+                    pass
+                log.warning("skipping a malformed session record at %s:%s", r.partition, r.offset)
+        written = self.log.append(sessions)
+        if batch:
+            cons.commit()
+        self.new_sessions += written
+        self.metrics.logged.inc(written)
+        self.metrics.new_sessions.set(self.new_sessions)
+        return written
+
+    def due(self) -> bool:
+        if self.new_sessions >= self.s.min_new_sessions:
+            return True
+        return self.new_sessions > 0 and time.monotonic() - self.last_run >= self.s.interval
+
+    def drain(self, cons: Any, join_timeout: float = 30.0) -> int:
+        """Join the group, then ingest until a poll brings nothing new."""
+        total = 0
+        deadline = time.monotonic() + join_timeout
+        while not cons.assignment() and time.monotonic() < deadline:
+            total += self.ingest(cons, timeout_ms=200)
+        while n := self.ingest(cons, timeout_ms=1500):
+            total += n
+        return total
+
+    def run(self, once: bool = False) -> None:
+        if self.s.metrics_port:
+            start_http_server(self.s.metrics_port, registry=self.metrics.registry)
+        cons = consumer(
+            self.s.bootstrap,
+            self.s.topic_sessions,
+            group=self.s.group,
+            from_beginning=True,
+            auto_commit=False,
+        )
+        try:
+            if once:
+                self.drain(cons)
+                self.run_once()
+                return
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop.set())
+            while not self.stop.is_set():
+                self.ingest(cons)
+                if self.due():
+                    self.run_once()
+        finally:
+            cons.close()
