@@ -48,7 +48,7 @@ def _convert(name: str, value: Any, kind: Any) -> Any:
         kind = args[0]
     if origin in (list, tuple):
         inner = typing.get_args(kind)[0]
-        parts = value if isinstance(value, list | tuple) else str(value).split(",")
+        parts = value if isinstance(value, list | tuple) else str(value).strip("[]() ").split(",")
         return (
             type(parts)(_convert(name, p, inner) for p in parts)
             if origin is list

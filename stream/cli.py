@@ -151,6 +151,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=getattr(logging, args.loglevel.upper()), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    logging.getLogger("kafka").setLevel(logging.WARNING)
     s = Settings.from_env()
     registry = args.registry or os.environ.get("NEXTCLICK_REGISTRY")
     if not registry:

@@ -49,6 +49,7 @@ class Topics:
         self.recommendations = f"recs-{tag}"
         self.dlq = f"dlq-{tag}"
         self.sessions = f"sessions-{tag}"
+        self.model_updates = f"updates-{tag}"
 
     def env(self) -> dict[str, str]:
         return {
@@ -57,13 +58,22 @@ class Topics:
             "NEXTCLICK_TOPIC_RECOMMENDATIONS": self.recommendations,
             "NEXTCLICK_TOPIC_DLQ": self.dlq,
             "NEXTCLICK_TOPIC_SESSIONS": self.sessions,
+            "NEXTCLICK_TOPIC_MODEL_UPDATES": self.model_updates,
         }
 
 
 class Worker:
     """`nextclick worker` as a child process, with its own data dir and metrics port."""
 
-    def __init__(self, bootstrap: str, topics: Topics, checkpoint: Path, workdir: Path, **env: str) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: Topics,
+        checkpoint: Path | None,
+        workdir: Path,
+        registry: Path | None = None,
+        **env: str,
+    ) -> None:
         self.metrics_port = free_port()
         self.log = workdir / f"worker-{self.metrics_port}.log"
         full_env = {
@@ -81,8 +91,7 @@ class Worker:
                 "-m",
                 "stream.cli",
                 "worker",
-                "--checkpoint",
-                str(checkpoint),
+                *(["--registry", str(registry)] if registry else ["--checkpoint", str(checkpoint)]),
                 "--loglevel",
                 "info",
             ],

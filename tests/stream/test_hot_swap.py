@@ -1,0 +1,149 @@
+"""Continuous training end to end: a real broker, two real workers on a registry, the real trainer CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from model.checkpoint import WEIGHTS
+from model.registry import Registry
+from model.sessionlog import SessionLog
+from model.synthetic import item_id, synthetic_data, synthetic_sessions
+from model.training import fit_model, make_model, popular_items
+from stream.clients import producer
+from tests.stream.harness import Worker, click, collect, send
+
+pytestmark = pytest.mark.slow
+
+GRU = {"layers": [32], "batch_size": 32}
+
+
+def _steady_load(bootstrap: str, topic: str, stop: threading.Event, sent: list[str], rate: float = 40.0):
+    s = synthetic_sessions(400, n_items=300, seed=7)
+    prod = producer(bootstrap)
+    i = 0
+    while not stop.is_set():
+        j = i % s.n_events
+        session = f"load-{int(s.session_of_event()[j])}-{i // s.n_events}"
+        key, value = click(session, str(item_id(int(s.items[j]))), f"e{i}")
+        prod.send(topic, key=key, value=value)
+        sent.append(f"e{i}")
+        i += 1
+        time.sleep(1.0 / rate)
+    prod.flush()
+    prod.close()
+
+
+def _serving(worker: Worker) -> str | None:
+    for line in worker.metrics().splitlines():
+        if line.startswith("nextclick_model_info{") and line.endswith(" 1.0"):
+            return line.split('version="')[1].split('"')[0]
+    return None
+
+
+def _wait(predicate, timeout: float) -> float:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if predicate():
+            return time.monotonic() - t0
+        time.sleep(0.1)
+    raise TimeoutError
+
+
+def test_trainer_publishes_every_worker_swaps_no_click_is_lost_and_a_corrupt_version_is_refused(
+    bootstrap, topics, tmp_path
+):
+    registry = Registry(tmp_path / "registry")
+    data = synthetic_data(n_sessions=800, n_items=300, seed=0)
+    first = make_model("gru4rec", data, sets=GRU, epochs=1)
+    fit_model(first, data)
+    registry.publish(first, fallback=popular_items(data))
+    s = synthetic_sessions(1500, n_items=300, seed=1)
+    SessionLog(tmp_path / "log").append(
+        {
+            "session_id": f"log-{i}",
+            "items": list(item_id(s[i])),
+            "timestamps": s.times[s.offsets[i] : s.offsets[i + 1]].tolist(),
+        }
+        for i in range(len(s))
+    )
+    # a long poll interval: a swap within seconds must come from the model-updates announcement
+    env = {"NEXTCLICK_REGISTRY_POLL_INTERVAL": "60"}
+    workers = [Worker(bootstrap, topics, None, tmp_path, registry=registry.root, **env) for _ in range(2)]
+    stop, sent = threading.Event(), []
+    load = threading.Thread(target=_steady_load, args=(bootstrap, topics.clicks, stop, sent))
+    try:
+        for w in workers:
+            w.wait_ready()
+        assert _wait(lambda: all(_serving(w) == "v000001" for w in workers), 30) >= 0
+        load.start()
+        time.sleep(4)
+        trainer = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stream.cli",
+                "trainer",
+                "--registry",
+                str(registry.root),
+                "--log-dir",
+                str(tmp_path / "log"),
+                "--once",
+                "--epochs",
+                "1",
+                "--set",
+                "layers=[32]",
+                "--set",
+                "batch_size=32",
+                "--metrics-port",
+                "0",
+                "--device",
+                "cpu",
+            ],
+            env={**os.environ, **topics.env(), "KAFKA_BOOTSTRAP": bootstrap},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        published = time.monotonic()
+        assert trainer.returncode == 0, trainer.stderr[-2000:]
+        assert '"outcome": "published"' in trainer.stderr, trainer.stderr[-2000:]
+        assert registry.latest() == "v000002"
+        swap_seconds = _wait(lambda: all(_serving(w) == "v000002" for w in workers), 20)
+        print(f"announcement to both workers serving v000002: {swap_seconds:.1f} s")
+        time.sleep(3)
+
+        # a corrupted version in the store (truncated weights), announced: refused, v000002 keeps serving
+        bad = registry.root / "v000003"
+        shutil.copytree(registry.path("v000002"), bad)
+        weights = bad / WEIGHTS
+        weights.write_bytes(weights.read_bytes()[:100])
+        (registry.root / "LATEST").write_text("v000003\n")
+        send(bootstrap, topics.model_updates, [(None, json.dumps({"version": "v000003"}).encode())])
+        _wait(lambda: all(w.metric("nextclick_model_load_failures_total") >= 1 for w in workers), 20)
+        assert all(_serving(w) == "v000002" for w in workers)
+        time.sleep(2)
+    finally:
+        stop.set()
+        if load.is_alive():
+            load.join()
+        try:
+            recs = collect(bootstrap, topics.recommendations, len(sent), events=set(sent), timeout=60)
+        finally:
+            for w in workers:
+                w.stop()
+    answered = Counter(json.loads(r.value)["event_id"] for r in recs)
+    versions = Counter(json.loads(r.value)["model_version"] for r in recs)
+    print(f"{len(sent)} clicks sent over the swap; versions answering: {dict(versions)}")
+    assert set(answered) == set(sent)
+    assert max(answered.values()) == 1, "a click was answered twice"
+    assert versions["v000001"] > 0 and versions["v000002"] > 0 and "v000003" not in versions
+    assert time.monotonic() - published > 0
