@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from model import distributed
 from model.base import Recommender
 from model.layers import pad_sessions, pad_windows
 from model.metrics import evaluate
@@ -141,19 +142,24 @@ class NeuralRecommender(Recommender):
     ) -> float:
         self.net.train()
         total, seen = 0.0, 0
+        batches = list(samples.batches(self.params.batch_size, shuffle=True, rng=rng))
+        loss_of = self.net.loss
+        if distributed.world_size() > 1:
+            batches = distributed.shard(batches, distributed.world_size(), distributed.rank())
+            loss_of = distributed.data_parallel_loss(self.net, self.device)
         bar = tqdm(
-            total=len(samples),
+            total=sum(len(b) for b in batches),
             desc=desc,
             unit="sample",
             unit_scale=True,
-            disable=not progress,
+            disable=not progress or not distributed.is_main(),
             leave=False,
             mininterval=1.0,
         )
-        for i, idx in enumerate(samples.batches(self.params.batch_size, shuffle=True, rng=rng)):
+        for i, idx in enumerate(batches):
             seq = pad_windows(samples.items, samples.starts[idx], samples.ends[idx], self.max_len)
             labels = torch.from_numpy(samples.labels[idx])
-            loss = self.net.loss(seq.to(self.device), labels.to(self.device))
+            loss = loss_of(seq.to(self.device), labels.to(self.device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -25,8 +25,10 @@ def _print_result(result: dict[str, Any], as_json: bool, ks: list[int]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from model import distributed
     from model.base import resolve_device
     from model.checkpoint import save_checkpoint
+    from model.neural import NeuralRecommender
     from model.params import parse_sets, read_config
     from model.training import (
         evaluate_model,
@@ -37,14 +39,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
 
     device = resolve_device(args.device)
+    parallel = distributed.init_from_env(device)
     seed_everything(args.seed)
     data = open_data(args.data, args.format)
     config = read_config(args.config) if args.config else None
     model = make_model(
         args.model, data, config=config, sets=parse_sets(args.set), epochs=args.epochs, device=device
     )
-    print(f"training {args.model} on {data.name}: {data.summary()} on {device}", file=sys.stderr)
+    if parallel and not isinstance(model, NeuralRecommender):
+        raise UserError(f"data-parallel training (torchrun) supports srgnn and mtaw, not {args.model}")
+    where = f"{device}" + (
+        f", process {distributed.rank()} of {distributed.world_size()}" if parallel else ""
+    )
+    print(f"training {args.model} on {data.name}: {data.summary()} on {where}", file=sys.stderr)
     history = fit_model(model, data, progress=not args.quiet)
+    history["world_size"] = distributed.world_size()
+    if not distributed.is_main():
+        distributed.shutdown()
+        return 0
     metrics = evaluate_model(model, data, args.k, progress=not args.quiet)
     out = Path(args.out or f"checkpoints/{args.model}-{Path(data.name).stem}")
     result = {
@@ -62,6 +74,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     print(f"checkpoint: {out} (trained in {history['train_seconds']:.1f} s)")
     _print_result(result, args.json, args.k)
+    distributed.shutdown()
     return 0
 
 
