@@ -26,6 +26,7 @@ import torch
 from model.base import Recommender
 from model.data import SessionData
 from model.errors import DataError
+from model.params import params_to_dict
 from model.sessions import Sessions, prefix_samples, split_last
 from model.training import evaluate_model, fit_model, make_model, remap_test
 from model.vocab import ItemVocab
@@ -78,12 +79,17 @@ def train_candidate(
     progress: bool = False,
 ) -> tuple[Recommender, dict[str, Any]]:
     """A model of kind `name` trained on `data.train`, warm-started from `serving` when it is the same
-    kind. Early stopping is left to the gate: the held-out split is the newest data and stays unseen."""
+    kind, with the serving model's hyperparameters (`sets` override them). Early stopping is left to the
+    gate: the held-out split is the newest data and stays unseen."""
     sets = {"valid_fraction": 0.0, **(sets or {})} if name in ("srgnn", "mtaw") else dict(sets or {})
-    model = make_model(name, data, sets=sets, epochs=epochs, device=device)
+    warm = warm and serving is not None and serving.name == name
+    config = params_to_dict(serving.params) if warm and serving is not None else None
+    model = make_model(name, data, config=config, sets=sets, epochs=epochs, device=device)
     history: dict[str, Any] = {"warm_start": False}
-    if warm and serving is not None and serving.name == model.name:
-        history["warm_start"] = warm_start(model, serving) > 0
+    if warm and serving is not None:
+        moved = warm_start(model, serving)
+        history["warm_start"] = moved == len(model.state_tensors())
+        history["warm_tensors"] = moved
     history.update(fit_model(model, data, progress=progress))
     return model, history
 

@@ -239,6 +239,27 @@ def cmd_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from stream.demo import DemoOptions, run_demo
+
+    result = run_demo(
+        DemoOptions(
+            events=args.events,
+            rate=args.rate,
+            data=args.data,
+            metrics_port=args.metrics_port,
+            workdir=args.workdir,
+            json_summary=args.json,
+            quiet=args.quiet,
+        )
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from stream.clients import click_events, replay
     from stream.config import Settings
@@ -338,6 +359,16 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--checkpoint", help="for publish: a checkpoint folder to add as a new version")
     mo.add_argument("--json", action="store_true")
     mo.set_defaults(func=cmd_model)
+
+    d = sub.add_parser("demo", help="everything on one machine: broker, worker, trainer, replay, hot swap")
+    d.add_argument("--events", type=int, default=6000, help="clicks to replay (default 6000)")
+    d.add_argument("--rate", type=float, default=120.0, help="clicks per second (default 120)")
+    d.add_argument("--data", help="replay this data set instead of the synthetic stream")
+    d.add_argument("--metrics-port", type=int, default=9100, help="the worker's /metrics port (0 = any free)")
+    d.add_argument("--workdir", help="keep registry, session log and logs here (default: a temp folder)")
+    d.add_argument("--json", action="store_true", help="last stdout line is the summary as one JSON object")
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
 
     r = sub.add_parser("replay", help="publish a data set's clicks to the clicks topic in time order")
     r.add_argument("--data", default="synthetic:2000", help="any --data format, or synthetic[:N]")
