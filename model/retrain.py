@@ -30,6 +30,7 @@ from model.params import params_to_dict
 from model.sessions import Sessions, prefix_samples, split_last
 from model.training import evaluate_model, fit_model, make_model, remap_test
 from model.vocab import ItemVocab
+from model.zoo import model_class
 
 
 def log_to_data(
@@ -84,9 +85,12 @@ def train_candidate(
     sets = {"valid_fraction": 0.0, **(sets or {})} if name in ("srgnn", "mtaw") else dict(sets or {})
     warm = warm and serving is not None and serving.name == name
     config = params_to_dict(serving.params) if warm and serving is not None else None
-    model = make_model(name, data, config=config, sets=sets, epochs=epochs, device=device)
+    trains_in_epochs = any(hasattr(model_class(name).Params(), f) for f in ("epochs", "n_epochs"))
+    model = make_model(
+        name, data, config=config, sets=sets, epochs=epochs if trains_in_epochs else None, device=device
+    )
     history: dict[str, Any] = {"warm_start": False}
-    if warm and serving is not None:
+    if warm and serving is not None and hasattr(model, "net"):  # learnt weights (kNN and pop refit)
         moved = warm_start(model, serving)
         history["warm_start"] = moved == len(model.state_tensors())
         history["warm_tensors"] = moved

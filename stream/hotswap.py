@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from model.errors import UserError
 from model.registry import Registry, canary
 from stream.clients import aiokafka_security
 from stream.inference import Served, load_served
@@ -95,7 +96,7 @@ class ModelWatcher:
             served = await asyncio.get_running_loop().run_in_executor(None, self.load, path)
         except Exception as exc:
             self.refused.add(version)
-            reason = type(exc).__name__
+            reason = "invalid_checkpoint" if isinstance(exc, UserError) else "load_error"
             log.error(
                 "refusing model version %s (%s: %s); the current model keeps serving", version, reason, exc
             )

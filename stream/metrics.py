@@ -5,6 +5,19 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+DLQ_REASONS = (
+    "not_utf8",
+    "not_json",
+    "not_object",
+    "empty",
+    "missing_session_id",
+    "missing_item_id",
+    "too_large",
+    "bad_id",
+    "bad_type",
+    "bad_timestamp",
+    "internal_error",
+)
 RR_BUCKETS = (0.0001, 0.05, 0.1, 0.2, 0.25, 1 / 3, 0.5, 1.0)
 
 
@@ -86,6 +99,19 @@ class Metrics:
         self.sessions_closed = Counter(
             "nextclick_sessions_closed_total", "Sessions closed", ["reason"], registry=r
         )
+
+        # every known label value starts at 0, so that dashboards and alerts see a series (and a rate of 0)
+        # before the first event of its kind
+        for outcome in ("answered", "invalid", "repartitioned", "redelivered", "failed"):
+            self.events.labels(outcome=outcome)
+        for reason in DLQ_REASONS:
+            self.dlq.labels(reason=reason)
+        for source in ("model", "fallback"):
+            self.recommendations.labels(source=source)
+        for reason in ("idle", "too_long"):
+            self.sessions_closed.labels(reason=reason)
+        for reason in ("invalid_checkpoint", "load_error"):
+            self.model_load_failures.labels(reason=reason)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         if port:

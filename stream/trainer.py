@@ -92,6 +92,8 @@ class TrainerMetrics:
         self.serving_version = Gauge(
             "nextclick_trainer_published_version", "Number of the registry's latest version", registry=r
         )
+        for outcome in ("published", "rejected", "skipped", "failed"):
+            self.runs.labels(outcome=outcome)  # a series per outcome from the start (rates of 0, not absent)
 
 
 class Trainer:
