@@ -13,6 +13,7 @@ MODELS: dict[str, str] = {
     "vsknn": "model.knn:SessionKnn",
     "srgnn": "model.srgnn:SRGNNRecommender",
     "gru4rec": "model.gru4rec:GRU4RecRecommender",
+    "mtaw": "model.mtaw:MTAWRecommender",
 }
 
 
