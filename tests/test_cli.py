@@ -91,3 +91,18 @@ def test_stream_commands_fail_in_one_line(argv, message):
     )
     assert proc.returncode == 2
     assert message in proc.stderr.strip().splitlines()[-1] and "Traceback" not in proc.stderr
+
+
+def test_model_publish_list_promote(tmp_path, capsys):
+    ck, reg = tmp_path / "ck", tmp_path / "registry"
+    assert main(["train", "--model", "pop", "--data", "synthetic:300", "--out", str(ck), "--quiet"]) == 0
+    for _ in range(2):
+        assert main(["model", "publish", "--checkpoint", str(ck), "--registry", str(reg)]) == 0
+    capsys.readouterr()
+    assert main(["model", "list", "--registry", str(reg), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [(r["version"], r["latest"]) for r in rows] == [("v000001", False), ("v000002", True)]
+    assert main(["model", "promote", "v000001", "--registry", str(reg)]) == 0
+    assert (reg / "LATEST").read_text().strip() == "v000001"
+    assert main(["model", "promote", "v000009", "--registry", str(reg)]) == 2
+    assert "no version v000009" in capsys.readouterr().err
