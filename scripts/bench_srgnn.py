@@ -1,6 +1,10 @@
-"""SR-GNN training speed, peak memory and inference throughput on one data set (default: Tmall).
+"""SR-GNN (and MTAW) training speed, peak memory and inference throughput on one data set (default: Tmall).
 
     .venv/bin/python scripts/bench_srgnn.py --data ../shared/data/tmall --batches 400
+    .venv/bin/python scripts/bench_srgnn.py --models srgnn mtaw     # side by side, one run
+
+With several models, peak resident memory is the maximum over the run (the first model's figure is its
+own; run one model per process for each one's peak).
 
 Training: `--batches` mini-batches of 100 prefix samples, timed after a warm-up, extrapolated to one epoch
 of the full training set (the reference code's own definition of an epoch). Peak resident memory is read
@@ -27,7 +31,7 @@ from model.data import load_data
 from model.layers import pad_windows
 from model.runtime import tune_malloc
 from model.sessions import prefix_samples
-from model.srgnn import SRGNNParams, SRGNNRecommender
+from model.training import make_model
 
 
 def main() -> None:
@@ -37,12 +41,18 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--fp32", action="store_true", help="score in float32 while training too")
+    ap.add_argument("--models", nargs="+", default=["srgnn"], help="srgnn and/or mtaw")
     args = ap.parse_args()
 
     tune_malloc()
-    torch.manual_seed(0)
     data = load_data(args.data)
-    model = SRGNNRecommender(data.vocab, SRGNNParams(bf16=not args.fp32), device=args.device)
+    for name in args.models:
+        bench(name, data, args)
+
+
+def bench(name: str, data, args: argparse.Namespace) -> None:
+    torch.manual_seed(0)
+    model = make_model(name, data, sets={"bf16": not args.fp32}, device=args.device)
     samples = prefix_samples(data.train)
     rng = np.random.default_rng(0)
     opt = model._optimizer()
@@ -76,6 +86,7 @@ def main() -> None:
         throughput[bs] = round(sum(len(c) for c in chunks) / (time.perf_counter() - t), 1)
 
     result = {
+        "model": name,
         "data": args.data,
         "items": data.vocab.n_items,
         "train_samples": len(samples),

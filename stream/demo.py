@@ -18,7 +18,6 @@ port released. The worker's /metrics stays up while the demo runs so a local Pro
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -38,6 +37,7 @@ import numpy as np
 
 from stream.broker import EmbeddedBroker, free_port
 from stream.clients import click_events, consumer, producer
+from stream.processes import stop_group
 
 MALFORMED = (b"{not json", b'{"session_id": "x"}', b'{"session_id": "", "item_id": "i1"}')
 
@@ -84,15 +84,7 @@ class Child:
         return self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
+        stop_group(self.proc)
 
 
 def scrape(port: int) -> dict[str, float]:

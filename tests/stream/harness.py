@@ -21,6 +21,7 @@ from typing import Any
 
 from stream.broker import EmbeddedBroker, free_port
 from stream.clients import consumer, producer
+from stream.processes import stop_group
 
 
 @contextlib.contextmanager
@@ -129,14 +130,7 @@ class Worker:
         raise TimeoutError(f"worker not ready: {self.log.read_text()[-3000:]}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
+        stop_group(self.proc, timeout=20, sig=sig)
 
 
 def send(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
