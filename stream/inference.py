@@ -3,9 +3,10 @@ event loop, so a slow batch never stalls consumption.
 
 Requests arrive from the clicks agent as item histories (external ids). Items the model never saw stay in
 the history but are hidden from it; a session with no known item gets the fallback list (the most popular
-training items), never nothing. A batch closes after `max_batch` requests or `max_wait_ms` after its first
-request, whichever comes first, and runs in one worker thread (the model is not re-entrant); the model can
-be swapped between batches.
+training items), never nothing. The clicks agent hands over each consumed batch as one job
+(`recommend_many`), which runs at once; single requests (`recommend`) wait up to `max_wait_ms` for others
+to share their batch (at most `max_batch` requests). Batches run in one worker thread (the model is not
+re-entrant); the model can be swapped between batches, and requests keep the model that encoded them.
 
 Models with incremental inference (GRU4Rec's `step`) keep each session's hidden state in a bounded LRU cache
 beside the table, keyed by session id and the number of known clicks it has absorbed: the next click costs
