@@ -57,9 +57,8 @@ class Pipeline:
         self.metrics = Metrics()
         self.service: InferenceService | None = None
         self._loaded = asyncio.Event()  # set once the model is loaded; clicks wait for it, never get dropped
-        self._caught_up: set[int] = (
-            set()
-        )  # partitions whose changelog was read to its end since the rebalance
+        # partitions whose changelog was read to its real end since the last rebalance
+        self._caught_up: set[int] = set()
         self.max_event_time = 0.0
         s = settings
         self.clicks = app.topic(
