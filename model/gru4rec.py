@@ -266,7 +266,7 @@ class GRU4Rec(Bf16Scoring, nn.Module):
         return out @ self.wy(items).T + self.by(items).T
 
     def score_all(self, out: torch.Tensor) -> torch.Tensor:
-        scores = self.score_matrix(out, self.wy.weight, self.by.weight.squeeze(1))
+        scores = self.score_matrix(out, self.wy.weight, self.by.weight)
         scores[:, 0] = -torch.inf
         return scores
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -57,21 +58,38 @@ class Bf16Scoring:
 
     scoring_bf16: bool = False
 
-    def bf16_table(self, weight: torch.Tensor) -> torch.Tensor:
-        cache: dict[tuple, torch.Tensor] = self.__dict__.setdefault("_bf16_tables", {})
-        key = (weight.data_ptr(), weight._version, tuple(weight.shape))
+    def frozen_table(self, weight: torch.Tensor, normalize: bool = False, bf16: bool = False) -> torch.Tensor:
+        """A derived copy of a parameter (L2-normalised rows and/or bfloat16), made once and reused while
+        the parameter does not change. Keyed on the parameter itself, never on a derived tensor: one made
+        under `torch.inference_mode` has no version counter to key on."""
+        cache: dict[tuple, torch.Tensor] = self.__dict__.setdefault("_frozen_tables", {})
+        key = (weight.data_ptr(), weight._version, tuple(weight.shape), normalize, bf16)
         if key not in cache:
-            if len(cache) >= 4:  # weights changed (a training step): drop the stale copies
+            if len(cache) >= 8:  # weights changed (a training step): drop the stale copies
                 cache.clear()
-            cache[key] = weight.detach().bfloat16()
+            table = weight.detach()
+            table = F.normalize(table, dim=-1) if normalize else table
+            cache[key] = table.bfloat16() if bf16 else table
         return cache[key]
 
     def score_matrix(
-        self, vectors: torch.Tensor, table: torch.Tensor, bias: torch.Tensor | None = None
+        self,
+        vectors: torch.Tensor,
+        table: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        normalize: bool = False,
     ) -> torch.Tensor:
-        """vectors (B, d) @ table (n, d).T (+ bias (n,)). When serving with `scoring_bf16` the result
-        stays bfloat16: every further pass over a (B, n_items) matrix costs as much as the product."""
-        if self.scoring_bf16 and not torch.is_grad_enabled():
-            v, t = vectors.bfloat16(), self.bf16_table(table)
-            return torch.mm(v, t.T) if bias is None else torch.addmm(self.bf16_table(bias), v, t.T)
-        return vectors @ table.T if bias is None else torch.addmm(bias, vectors, table.T)
+        """vectors (B, d) @ table (n, d).T (+ bias (n, 1)), the table's rows L2-normalised if asked. Without
+        gradients the (derived) table is cached; when serving with `scoring_bf16` the product and its result
+        stay bfloat16: every further pass over a (B, n_items) matrix costs as much as the product."""
+        if torch.is_grad_enabled():
+            t = F.normalize(table, dim=-1) if normalize else table
+            return vectors @ t.T if bias is None else torch.addmm(bias.squeeze(1), vectors, t.T)
+        bf16 = self.scoring_bf16
+        t = self.frozen_table(table, normalize, bf16)
+        v = vectors.bfloat16() if bf16 else vectors
+        return (
+            torch.mm(v, t.T)
+            if bias is None
+            else torch.addmm(self.frozen_table(bias, bf16=bf16).squeeze(1), v, t.T)
+        )

@@ -115,24 +115,14 @@ class MTAW(Bf16Scoring, nn.Module):
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """Scaled cosine scores (B, n_items + 1); column 0 (padding) is -inf."""
         o = F.normalize(self.session_vector(seq), dim=-1)
-        items = F.normalize(self.embedding.weight, dim=-1)
         if self.training and self.p.bf16:
+            items = F.normalize(self.embedding.weight, dim=-1)
             logits = (o.bfloat16() @ items.bfloat16().T).float()
-        else:
-            logits = self.score_matrix(o, self.normalized_items() if not self.training else items)
+        else:  # evaluation and serving: the normalised table is made once per set of weights
+            logits = self.score_matrix(o, self.embedding.weight, normalize=True)
         logits = logits * self.p.scale
         logits[:, 0] = -torch.inf
         return logits
-
-    def normalized_items(self) -> torch.Tensor:
-        """The normalised item table, computed once per set of weights when not training."""
-        w = self.embedding.weight
-        key = (w.data_ptr(), w._version)
-        cached = self.__dict__.get("_normalized")
-        if cached is None or cached[0] != key:
-            cached = (key, F.normalize(w.detach(), dim=-1))
-            self.__dict__["_normalized"] = cached
-        return cached[1]
 
     def loss(self, seq: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return aw_loss(self(seq), labels, self.p.gamma)

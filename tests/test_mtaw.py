@@ -47,3 +47,18 @@ def test_tiny_mtaw_learns_the_synthetic_stream(tiny_data, tmp_path):
     loaded, _ = load_checkpoint(save_checkpoint(model, tmp_path / "ck"))
     sessions = tiny_data.test.prefixes(range(8))
     assert torch.allclose(loaded.score(sessions), model.score(sessions))
+
+
+def test_mtaw_serves_in_bfloat16_like_the_stream_does(tiny_data):
+    """The stream sets scoring_bf16 and calls recommend under inference mode (this once crashed: the
+    cached table was keyed on a tensor made in inference mode, which has no version counter)."""
+    model = make_model("mtaw", tiny_data, sets={"hidden_size": 32}, epochs=1)
+    fit_model(model, tiny_data)
+    sessions = tiny_data.test.prefixes(range(16))
+    exact, _ = model.recommend(sessions, k=20)
+    model.net.scoring_bf16 = True
+    with torch.inference_mode():
+        fast, scores = model.recommend(sessions, k=20)
+    assert torch.isfinite(scores).all()
+    overlap = [len(set(a) & set(b)) / 20 for a, b in zip(exact.tolist(), fast.tolist(), strict=True)]
+    assert sum(overlap) / len(overlap) > 0.8
