@@ -237,9 +237,13 @@ class Pipeline:
                     self._evaluate_online(state["recs"], click.item_id)
                 state["recs"] = answer.items
             await self._publish(event, click, answer)
-        for session_id, state in states.items():
+        absorbed = dict.fromkeys(
+            c.session_id for (_, c), again in zip(clicks, replayed, strict=True) if not again
+        )
+        for session_id in absorbed:  # one changelog write per session for the whole batch, none if unchanged
+            state = states[session_id]
             self._put(session_id, state, state["p"])
-            self.max_event_time = max(self.max_event_time, state["times"][-1] if state["times"] else 0.0)
+            self.max_event_time = max(self.max_event_time, state["times"][-1])
             if len(state["items"]) >= s.max_session_length:
                 await self._close(session_id, state, "too_long")
 

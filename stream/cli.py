@@ -249,7 +249,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
             data=args.data,
             metrics_port=args.metrics_port,
             workdir=args.workdir,
-            json_summary=args.json,
             quiet=args.quiet,
         )
     )

@@ -52,7 +52,6 @@ class DemoOptions:
     workdir: str | None = None
     swap_timeout: float = 90.0
     malformed_every: int = 250  # one malformed message per this many clicks (0 = none)
-    json_summary: bool = False
     quiet: bool = False
 
 
