@@ -21,6 +21,7 @@ from typing import Any
 
 from stream.broker import EmbeddedBroker, free_port
 from stream.clients import consumer, producer
+from stream.demo import scrape
 from stream.processes import stop_group
 
 
@@ -109,13 +110,8 @@ class Worker:
             return r.read().decode()
 
     def metric(self, name: str) -> float:
-        total = 0.0
-        for line in self.metrics().splitlines():
-            if line.startswith(name) and not line.startswith("#"):
-                head, value = line.rsplit(" ", 1)
-                if head == name or head.startswith(name + "{"):
-                    total += float(value)
-        return total
+        """One metric summed over its label sets (0 while the endpoint is not up)."""
+        return scrape(self.metrics_port).get(name, 0.0)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Ready = the worker serves metrics and has been assigned partitions (its consumer is running)."""
