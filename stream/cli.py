@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         ("checkpoint", "NEXTCLICK_CHECKPOINT"),
         ("registry", "NEXTCLICK_REGISTRY"),
         ("metrics_port", "NEXTCLICK_METRICS_PORT"),
+        ("metrics_addr", "NEXTCLICK_METRICS_ADDR"),
     ):
         if getattr(args, flag) is not None:
             os.environ[env] = str(getattr(args, flag))
@@ -188,6 +190,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         max_sessions=args.max_sessions,
         keep_versions=args.keep,
         metrics_port=args.metrics_port,
+        metrics_addr=args.metrics_addr,
         device=args.device,
     )
     require_broker(settings.bootstrap)
@@ -324,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--metrics-port", type=int, help="Prometheus /metrics port, 0 = off (env NEXTCLICK_METRICS_PORT)"
     )
+    w.add_argument(
+        "--metrics-addr", help="address /metrics binds to (env NEXTCLICK_METRICS_ADDR, default 0.0.0.0)"
+    )
     w.add_argument("--loglevel", default="warning")
     w.set_defaults(func=cmd_worker)
 
@@ -346,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--keep", type=int, default=5, help="versions kept in the registry")
     tr.add_argument("--metrics-port", type=int, default=9101, help="Prometheus /metrics port, 0 = off")
+    tr.add_argument(
+        "--metrics-addr",
+        default=os.environ.get("NEXTCLICK_METRICS_ADDR", "0.0.0.0"),
+        help="address /metrics binds to (env NEXTCLICK_METRICS_ADDR)",
+    )
     tr.add_argument("--device", default="auto")
     tr.add_argument("--once", action="store_true", help="ingest what is there, run one cycle, exit")
     tr.add_argument("--loglevel", default="info")

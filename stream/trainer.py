@@ -55,6 +55,7 @@ class TrainerSettings:
     max_sessions: int = 200_000
     keep_versions: int = 5
     metrics_port: int = 9101
+    metrics_addr: str = "0.0.0.0"
     device: str = "auto"
     seed: int = 42
 
@@ -143,6 +144,7 @@ class Trainer:
         base = serving.vocab if serving is not None and s.warm_start and serving.name == name else None
         data = log_to_data(records, base, s.holdout_fraction)
         device = resolve_device(s.device)
+        log.info("training %s on %d logged sessions (serving %s)", name, len(records), serving_version)
         candidate, history = train_candidate(
             name, data, serving=serving, warm=s.warm_start, epochs=s.epochs, sets=s.sets, device=device
         )
@@ -243,7 +245,7 @@ class Trainer:
 
     def run(self, once: bool = False) -> None:
         if self.s.metrics_port:
-            start_http_server(self.s.metrics_port, registry=self.metrics.registry)
+            start_http_server(self.s.metrics_port, addr=self.s.metrics_addr, registry=self.metrics.registry)
         cons = consumer(
             self.s.bootstrap,
             self.s.topic_sessions,

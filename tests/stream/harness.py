@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -113,17 +115,20 @@ class Worker:
         """One metric summed over its label sets (0 while the endpoint is not up)."""
         return scrape(self.metrics_port).get(name, 0.0)
 
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Ready = the worker serves metrics and has been assigned partitions (its consumer is running)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited: {self.log.read_text()[-3000:]}")
+                raise RuntimeError(f"worker exited: {self.log_tail()}")
             text = self.log.read_text(errors="replace") if self.log.exists() else ""
             if "Worker: Ready" in text or "[^Worker]: Ready" in text:
                 return
             time.sleep(0.2)
-        raise TimeoutError(f"worker not ready: {self.log.read_text()[-3000:]}")
+        raise TimeoutError(f"worker not ready: {self.log_tail()}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         stop_group(self.proc, timeout=20, sig=sig)
@@ -151,9 +156,11 @@ def collect(
     timeout: float = 60.0,
     settle: float = 1.5,
     events: set[str] | None = None,
+    keys: set[bytes] | None = None,
 ) -> list[Any]:
     """Records of a topic from its beginning until `count` arrived (and, if given, every event id in
-    `events`), then `settle` more seconds so that duplicates would show, or until the timeout."""
+    `events` and every key in `keys`), then `settle` more seconds so that duplicates would show, or until
+    the timeout."""
     cons = consumer(bootstrap, topic, from_beginning=True)
     out: list[Any] = []
     deadline = time.monotonic() + timeout
@@ -164,10 +171,78 @@ def collect(
                 out.extend(records)
                 if events:
                     events = events - {json.loads(r.value).get("event_id") for r in records}
-            if len(out) >= count and not events and done_at is None:
+                if keys:
+                    keys = keys - {r.key for r in records}
+            if len(out) >= count and not events and not keys and done_at is None:
                 done_at = time.monotonic()
             if done_at is not None and time.monotonic() - done_at > settle:
                 break
     finally:
         cons.close()
     return out
+
+
+def group_positions(bootstrap: str, group: str, topic: str) -> dict[int, tuple[int | None, int]]:
+    """partition -> (the group's committed offset, the broker's end offset): for failure messages."""
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    cons = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        committed = {
+            tp.partition: m.offset
+            for tp, m in admin.list_consumer_group_offsets(group).items()
+            if tp.topic == topic
+        }
+        parts = [TopicPartition(topic, p) for p in sorted(cons.partitions_for_topic(topic) or [])]
+        ends = cons.end_offsets(parts)
+        return {tp.partition: (committed.get(tp.partition), ends[tp]) for tp in parts}
+    finally:
+        admin.close()
+        cons.close()
+
+
+class Load:
+    """Clicks at a steady rate over a fixed set of sessions from a background thread, each remembered with
+    its send time, so a fault scenario can tell which clicks were answered, twice or never."""
+
+    def __init__(self, bootstrap: str, topic: str, items: list[str], sessions: int = 40, rate: float = 80.0):
+        self.bootstrap, self.topic, self.items = bootstrap, topic, items
+        self.sessions, self.rate = sessions, rate
+        self.sent: list[tuple[str, str, str, float]] = []  # (event id, session, item, wall time sent)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        prod = producer(self.bootstrap)
+        rng = random.Random(11)
+        i = 0
+        started = time.monotonic()
+        while not self._stop.is_set():
+            session = f"load{i % self.sessions}"
+            item = self.items[rng.randrange(len(self.items))]
+            event = f"load-{i}"
+            key, value = click(session, item, event)
+            prod.send(self.topic, key=key, value=value)
+            self.sent.append((event, session, item, time.time()))
+            i += 1
+            time.sleep(max(0.0, started + i / self.rate - time.monotonic()))
+        prod.flush()
+        prod.close()
+
+    def history(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for _, session, item, _ in self.sent:
+            out.setdefault(session, []).append(item)
+        return out

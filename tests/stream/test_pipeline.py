@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from model.checkpoint import load_checkpoint
-from tests.stream.harness import Worker, click, collect, send
+from tests.stream.harness import Worker, click, collect, group_positions, send
 
 pytestmark = pytest.mark.slow
 
@@ -110,9 +110,13 @@ def test_a_restarted_worker_recovers_every_session_history(bootstrap, topics, se
         wanted = {e + "-after" for _, _, e in final}
         recs = _by_event(collect(bootstrap, topics.recommendations, len(burst) + len(final), events=wanted))
         restart_to_answers = time.monotonic() - restarted
+        consumed = again.metric("nextclick_events_total")
+        positions = group_positions(bootstrap, topics.app_id, topics.clicks) if wanted - set(recs) else {}
     finally:
         again.stop()
     print(f"restart to all {len(final)} answers: {restart_to_answers:.1f} s")
+    missing = wanted - set(recs)
+    assert not missing, f"{len(missing)} unanswered; consumed {consumed}; {positions}: {again.log_tail()}"
     assert restart_to_answers < 20.0  # seconds, not the ~30 s stall of Faust's defaults on this broker
     history = defaultdict(list)
     for s, i, _ in burst + final:

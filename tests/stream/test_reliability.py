@@ -1,0 +1,379 @@
+"""Faults injected into a running pipeline on a real broker: hostile input, kill -9, failover, a frozen
+broker, a killed trainer. Each scenario prints one `RELIABILITY {json}` line with its figures (quoted in
+RELIABILITY.md); run them with `pytest -m reliability -s`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from model.checkpoint import load_checkpoint
+from model.registry import Registry
+from model.sessionlog import SessionLog
+from model.synthetic import item_id, synthetic_sessions
+from stream.broker import EmbeddedBroker
+from tests.hostile import EXTRAS, KINDS, hostile_message
+from tests.stream.harness import Load, Topics, Worker, click, collect, send
+
+pytestmark = [pytest.mark.slow, pytest.mark.reliability]
+
+FUZZ_LIMITS = {
+    "NEXTCLICK_MAX_MESSAGE_BYTES": str(256 * 1024),
+    "NEXTCLICK_MAX_ID_LENGTH": "256",
+    "NEXTCLICK_MAX_SESSION_LENGTH": "20",
+}
+
+
+def report(scenario: str, **figures: object) -> None:
+    print("RELIABILITY " + json.dumps({"scenario": scenario, **figures}))
+
+
+def _answers(records) -> Counter:
+    return Counter(json.loads(r.value)["event_id"] for r in records)
+
+
+def _waits(records, sent, after: float) -> list[float]:
+    """Seconds from sending to the (first) answer, for the clicks sent after `after` (wall time)."""
+    answered_at: dict[str, float] = {}
+    for r in records:
+        event = json.loads(r.value)["event_id"]
+        answered_at[event] = min(answered_at.get(event, float("inf")), r.timestamp / 1000.0)
+    return [answered_at[e] - t for e, _, _, t in sent if t >= after and e in answered_at]
+
+
+def _expected(model, history: list[str]) -> list[str]:
+    known = model.vocab.lookup(history)
+    want, _ = model.recommend([known[known >= 1][-50:]], k=20)
+    return model.vocab.decode(want[0].tolist())
+
+
+def _final_clicks_use_whole_histories(bootstrap, topics, model, load: Load) -> int:
+    """One more click per session after the fault: its answer must be the model's answer for the session's
+    whole history, so nothing the fault touched was lost from the table. Returns the sessions checked."""
+    history = load.history()
+    final = {s: load.items[i % len(load.items)] for i, s in enumerate(sorted(history))}
+    send(bootstrap, topics.clicks, [click(s, item, f"final-{s}") for s, item in final.items()])
+    wanted = {f"final-{s}" for s in final}
+    recs = collect(bootstrap, topics.recommendations, len(wanted), events=wanted, settle=0.5)
+    got = {}
+    for r in recs:
+        value = json.loads(r.value)
+        if value["event_id"] in wanted:
+            got[value["event_id"]] = value["items"]
+    for s, item in final.items():
+        assert got[f"final-{s}"] == _expected(model, [*history[s], item]), f"session {s} lost history"
+    return len(final)
+
+
+# -- hostile input ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fuzz_worker(bootstrap, served_checkpoint, tmp_path_factory):
+    topics = Topics()
+    worker = Worker(bootstrap, topics, served_checkpoint, tmp_path_factory.mktemp("fuzz"), **FUZZ_LIMITS)
+    worker.wait_ready()
+    yield worker, topics
+    worker.stop()
+
+
+@settings(max_examples=2, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_hostile_messages_mixed_into_traffic_go_to_the_dlq_and_every_valid_click_is_answered(
+    data, fuzz_worker, bootstrap, served_checkpoint
+):
+    worker, topics = fuzz_worker
+    model, _ = load_checkpoint(served_checkpoint)
+    vocab = model.vocab.ids[1:]
+    tag = uuid.uuid4().hex[:6]
+    limits = {"max_bytes": 256 * 1024, "max_id_length": 256, "now": time.time()}
+    kinds = [KINDS[i % len(KINDS)] for i in range(3 * len(KINDS))]  # every fault, three times
+    hostile = [data.draw(hostile_message(**limits, kind=kind), label=kind) for kind in kinds]
+    hostile += [
+        (json.dumps({"session_id": "x" * 900_000, "item_id": "i"}).encode(), "too_large"),  # a 0.9 MB id
+        (b"[" * 100_000 + b"]" * 100_000, "not_json"),  # nesting deeper than any parser recursion
+    ]
+    bad = {f"{tag}-bad{i}".encode(): case for i, case in enumerate(hostile)}
+    # 10 sessions of 25 valid clicks (over-long: the worker closes a session at 20), some with extra fields
+    # of any shape and some with items the model never saw
+    extras = data.draw(st.lists(EXTRAS, min_size=5, max_size=5), label="extra fields")
+    valid = []
+    for r in range(25):
+        for j in range(10):
+            value = {"session_id": f"{tag}-s{j}", "event_id": f"{tag}-s{j}-{r}", **extras[(r + j) % 5]}
+            value["item_id"] = vocab[(j * 7 + r * 3) % len(vocab)] if (r + j) % 9 else f"unseen-{r}"
+            valid.append((value["session_id"].encode(), json.dumps(value).encode()))
+    messages = list(valid)
+    shuffle = data.draw(st.randoms(use_true_random=False), label="positions")
+    for key, (raw, _) in bad.items():  # hostile messages at random places; valid ones keep their order
+        messages.insert(shuffle.randint(0, len(messages)), (key, raw))
+    closed_before = worker.metric("nextclick_sessions_closed_total")
+    t0 = time.monotonic()
+    send(bootstrap, topics.clicks, messages)
+    wanted = {json.loads(v)["event_id"] for _, v in valid}
+    recs = [r for r in collect(bootstrap, topics.recommendations, 0, events=wanted, settle=1.0)
+            if json.loads(r.value)["event_id"] in wanted]  # fmt: skip
+    dlq = [r for r in collect(bootstrap, topics.dlq, 0, settle=1.0, keys=set(bad))
+           if r.key in bad]  # fmt: skip
+    seconds = time.monotonic() - t0
+
+    assert worker.proc.poll() is None, worker.log_tail()
+    answered = _answers(recs)
+    assert set(answered) == wanted and max(answered.values()) == 1
+    got = {r.key: (r.value, dict(r.headers)["reason"].decode()) for r in dlq}
+    assert len(dlq) == len(bad)
+    assert got == {key: case for key, case in bad.items()}  # each with its reason and its original bytes
+    assert worker.metric("nextclick_sessions_closed_total") - closed_before >= 10  # the over-long ones
+    report(
+        "hostile input",
+        hostile=len(bad),
+        valid=len(valid),
+        reasons=dict(Counter(reason for _, reason in bad.values())),
+        dead_lettered=len(dlq),
+        answered=len(answered),
+        seconds=round(seconds, 1),
+    )
+
+
+# -- worker crash and failover ---------------------------------------------------------------------------
+def test_kill_9_under_load_loses_no_click_and_no_history(bootstrap, topics, served_checkpoint, tmp_path):
+    model, _ = load_checkpoint(served_checkpoint)
+    worker = Worker(bootstrap, topics, served_checkpoint, tmp_path)
+    again = None
+    try:
+        worker.wait_ready()
+        with Load(bootstrap, topics.clicks, model.vocab.ids[1:], sessions=40, rate=80) as load:
+            time.sleep(4)
+            worker.stop(signal.SIGKILL)
+            killed = time.time()
+            again = Worker(bootstrap, topics, served_checkpoint, tmp_path)
+            again.wait_ready()
+            ready = time.time()
+            time.sleep(4)
+        events = {e for e, *_ in load.sent}
+        recs = collect(bootstrap, topics.recommendations, len(events), events=events)
+        sessions = _final_clicks_use_whole_histories(bootstrap, topics, model, load)
+    finally:
+        worker.stop()
+        if again is not None:
+            again.stop()
+    answered = _answers(recs)
+    unanswered = events - set(answered)
+    waits = _waits(recs, load.sent, killed)
+    report(
+        "worker kill -9 under load",
+        rate=80,
+        clicks=len(events),
+        unanswered=len(unanswered),
+        answered_twice=sum(1 for e in events if answered[e] > 1),
+        restart_to_ready_s=round(ready - killed, 1),
+        longest_wait_s=round(max(waits), 1),
+        sessions_checked=sessions,
+    )
+    assert not unanswered
+    assert max(answered.values()) <= 2  # at-least-once: a click in flight at the kill may be answered twice
+
+
+def test_the_surviving_worker_takes_over_a_killed_workers_partitions(
+    bootstrap, topics, served_checkpoint, tmp_path
+):
+    model, _ = load_checkpoint(served_checkpoint)
+    a = Worker(bootstrap, topics, served_checkpoint, tmp_path)
+    b = Worker(bootstrap, topics, served_checkpoint, tmp_path)
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        time.sleep(3)  # both in the group, partitions shared
+        with Load(bootstrap, topics.clicks, model.vocab.ids[1:], sessions=40, rate=80) as load:
+            time.sleep(3)
+            a.stop(signal.SIGKILL)
+            killed = time.time()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and b.metric("nextclick_events_total") < len(load.sent) - 5:
+                time.sleep(0.2)
+            time.sleep(2)
+        events = {e for e, *_ in load.sent}
+        recs = collect(bootstrap, topics.recommendations, len(events), events=events)
+        sessions = _final_clicks_use_whole_histories(bootstrap, topics, model, load)
+        assert b.proc.poll() is None
+    finally:
+        a.stop()
+        b.stop()
+    answered = _answers(recs)
+    unanswered = events - set(answered)
+    waits = _waits(recs, load.sent, killed)
+    report(
+        "failover after kill -9 of one of two workers",
+        rate=80,
+        clicks=len(events),
+        unanswered=len(unanswered),
+        answered_twice=sum(1 for e in events if answered[e] > 1),
+        takeover_s=round(max(waits), 1),
+        sessions_checked=sessions,
+    )
+    assert not unanswered
+    assert max(waits) < 20  # the dead member's session (6 s) expires, the group rebalances, B serves
+
+
+# -- a frozen broker -------------------------------------------------------------------------------------
+def test_a_broker_frozen_for_10_s_loses_nothing_and_everyone_recovers(served_checkpoint, tmp_path):
+    """Its own embedded broker (the only one a test may freeze), a worker and the trainer's session log."""
+    model, meta = load_checkpoint(served_checkpoint)
+    registry = Registry(tmp_path / "registry")
+    registry.publish(model, fallback=meta["fallback"])
+    topics = Topics()
+    with EmbeddedBroker() as broker:
+        bootstrap = broker.bootstrap
+        worker = Worker(
+            bootstrap, topics, None, tmp_path, registry=registry.root, NEXTCLICK_MAX_SESSION_LENGTH="8"
+        )
+        trainer = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "trainer", "--registry", str(registry.root), "--log-dir",
+             str(tmp_path / "log"), "--interval", "3600", "--min-new-sessions", "1000000", "--metrics-port", "0"],
+            env={**os.environ, **topics.env(), "KAFKA_BOOTSTRAP": bootstrap},
+            stdout=open(tmp_path / "trainer.log", "wb"),  # noqa: SIM115 - the child keeps it
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            worker.wait_ready()
+            with Load(bootstrap, topics.clicks, model.vocab.ids[1:], sessions=30, rate=50) as load:
+                time.sleep(3)
+                os.kill(broker.proc.pid, signal.SIGSTOP)
+                time.sleep(10)
+                os.kill(broker.proc.pid, signal.SIGCONT)
+                resumed = time.time()
+                time.sleep(8)
+            events = {e for e, *_ in load.sent}
+            recs = collect(bootstrap, topics.recommendations, len(events), events=events, timeout=90)
+            closed = collect(bootstrap, topics.sessions, len(events) // 8, settle=3.0)
+            values = [
+                json.loads(r.value) for r in closed
+            ]  # at-least-once: the log drops repeats the same way
+            distinct = len({(v["session_id"], v["timestamps"][0], len(v["items"])) for v in values})
+            logged = SessionLog(tmp_path / "log")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and logged.count() < distinct:
+                time.sleep(0.5)
+            assert worker.proc.poll() is None and trainer.poll() is None
+        finally:
+            worker.stop()
+            trainer.terminate()
+            trainer.wait(timeout=20)
+    answered = _answers(recs)
+    unanswered = events - set(answered)
+    after = [t - resumed for e, *_, t in load.sent if t > resumed]
+    report(
+        "broker frozen (SIGSTOP) for 10 s",
+        rate=50,
+        clicks=len(events),
+        unanswered=len(unanswered),
+        answered_twice=sum(1 for e in events if answered[e] > 1),
+        longest_wait_s=round(max(_waits(recs, load.sent, 0.0)), 1),
+        sessions_closed=distinct,
+        sessions_logged_by_trainer=logged.count(),
+        clicks_sent_after_resume=len(after),
+    )
+    assert not unanswered
+    assert logged.count() == distinct  # every closed session reached the trainer's log, once
+
+
+# -- trainer faults --------------------------------------------------------------------------------------
+def _trainer(registry: Registry, log_dir: Path, topics: Topics, bootstrap: str, out: Path, *args: str):
+    return subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", "trainer", "--registry", str(registry.root), "--log-dir", str(log_dir),
+         "--once", "--metrics-port", "0", "--device", "cpu", "--gate-tolerance", "1", *args],
+        env={**os.environ, **topics.env(), "KAFKA_BOOTSTRAP": bootstrap},
+        stdout=open(out, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:
+    """SIGKILL the process the moment `ready()` holds; False if it exited first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ready():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+    return False
+
+
+def test_a_trainer_killed_mid_training_or_mid_publish_publishes_nothing(
+    bootstrap, topics, served_checkpoint, tmp_path
+):
+    model, meta = load_checkpoint(served_checkpoint)
+    registry = Registry(tmp_path / "registry")
+    registry.publish(model, fallback=meta["fallback"])
+    s = synthetic_sessions(1500, n_items=300, seed=5)
+    SessionLog(tmp_path / "log").append(
+        {"session_id": f"h{i}", "items": list(item_id(s[i])), "timestamps": [float(i)] * len(s[i])}
+        for i in range(len(s))
+    )
+    worker = Worker(bootstrap, topics, None, tmp_path, registry=registry.root)
+    gru = ["--model", "gru4rec", "--scratch", "--set", "layers=[32]", "--set", "batch_size=32"]
+    outcomes = {}
+    try:
+        worker.wait_ready()
+        with Load(bootstrap, topics.clicks, model.vocab.ids[1:], sessions=20, rate=30) as load:
+            log1 = tmp_path / "trainer-1.log"
+            proc = _trainer(registry, tmp_path / "log", topics, bootstrap, log1, *gru, "--epochs", "100")
+            started = lambda: "training gru4rec" in log1.read_text(errors="replace")  # noqa: E731
+            outcomes["mid_training"] = _kill_when(proc, started)
+            assert registry.names() == ["v000001"] and registry.latest() == "v000001"
+            assert not list(registry.root.glob(".v*")), "nothing staged before training ended"
+
+            staged = registry.root / ".v000002.staging"
+            for attempt in range(3):  # the staging window is short: kill the moment it appears
+                proc = _trainer(registry, tmp_path / "log", topics, bootstrap, tmp_path / f"t2-{attempt}.log",
+                                *gru, "--epochs", "1")  # fmt: skip
+                outcomes["mid_publish"] = _kill_when(proc, staged.exists)
+                if outcomes["mid_publish"]:
+                    break
+                registry.promote("v000001")  # it published before the kill: undo, try again
+                for name in registry.names()[1:]:
+                    shutil.rmtree(registry.root / name)
+            assert outcomes["mid_publish"], "never caught the trainer while it was publishing"
+            assert registry.names() == ["v000001"] and registry.latest() == "v000001"
+            time.sleep(2)
+            serving_during_faults = worker.metric("nextclick_model_swaps_total")
+
+            done = subprocess.run(
+                [sys.executable, "-m", "stream.cli", "trainer", "--registry", str(registry.root), "--log-dir",
+                 str(tmp_path / "log"), "--once", "--metrics-port", "0", "--model", "vsknn", "--gate-tolerance", "1"],
+                env={**os.environ, **topics.env(), "KAFKA_BOOTSTRAP": bootstrap},
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert registry.latest() == "v000002" and not list(registry.root.glob(".v*"))
+            time.sleep(3)
+        events = {e for e, *_ in load.sent}
+        recs = collect(bootstrap, topics.recommendations, len(events), events=events)
+        failures = worker.metric("nextclick_model_load_failures_total")
+    finally:
+        worker.stop()
+    answered = _answers(recs)
+    versions = Counter(json.loads(r.value)["model_version"] for r in recs)
+    report(
+        "trainer killed mid-training and mid-publish",
+        killed=outcomes,
+        clicks=len(events),
+        unanswered=len(events - set(answered)),
+        versions_served=dict(versions),
+        model_load_failures=failures,
+    )
+    assert set(answered) == events and max(answered.values()) == 1
+    assert serving_during_faults == 0 and failures == 0  # serving never saw the killed runs
+    assert set(versions) == {"v000001", "v000002"}
