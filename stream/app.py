@@ -279,7 +279,11 @@ class Pipeline:
         (../shared/notes/embedded-broker.md): a restarted worker would lose a session's last clicks. This
         reads the partitions again until the reported end is passed and a fetch comes back empty, and
         applies every record (last write wins, tombstones delete). On Apache Kafka it only confirms what
-        recovery restored; NEXTCLICK_CHANGELOG_CATCHUP=0 skips it."""
+        recovery restored; NEXTCLICK_CHANGELOG_CATCHUP=0 skips it.
+
+        A rebalance can hand back a partition this worker already served, with its latest changelog writes
+        still in the producer's buffer: reading before they land would restore an older history over the
+        newer one (a kill -9 test under load caught it), so the producer is flushed first."""
         todo = partitions - self._caught_up
         if not todo:
             return
@@ -288,6 +292,7 @@ class Pipeline:
             return
         topic = self.table.changelog_topic.get_topic_name()
         try:
+            await self.app.producer.flush()
             latest = await asyncio.wait_for(read_changelog(self.settings.bootstrap, topic, sorted(todo)), 30)
         except Exception as exc:  # never block the stream on the repair: log it loudly and go on
             log.error("changelog catch-up of %s %s failed (%r): sessions may miss clicks", topic, todo, exc)
