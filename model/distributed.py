@@ -46,7 +46,11 @@ def init_from_env(device: torch.device) -> bool:
 
 
 def shutdown() -> None:
+    """Leave the group together: every rank waits at a barrier first. A rank that destroyed the group
+    while another still held its gloo connection died with SIGABRT ('terminate called without an active
+    exception') in about one run in ten here."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

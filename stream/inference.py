@@ -18,6 +18,7 @@ empty cache: hidden states are never reused across models.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,8 @@ from model.base import Recommender, resolve_device
 from model.checkpoint import load_checkpoint
 from model.layers import Bf16Scoring
 from stream.metrics import Metrics
+
+log = logging.getLogger("nextclick.inference")
 
 
 class StateCache:
@@ -123,7 +126,11 @@ class InferenceService:
         self.metrics.set_model(served.name, served.version)
 
     def start(self) -> None:
-        if self._task is None:
+        """Start the batching task, or restart it if it ever ended: a dead task would leave every later
+        request waiting forever."""
+        if self._task is None or self._task.done():
+            if self._task is not None and not self._task.cancelled() and self._task.exception():
+                log.error("inference task ended: %r; restarting it", self._task.exception())
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -184,7 +191,13 @@ class InferenceService:
             while size < self.max_batch and not self.queue.empty():
                 jobs.append(self.queue.get_nowait())
                 size += len(jobs[-1].requests)
-            await self._run_jobs(loop, jobs)
+            try:
+                await self._run_jobs(loop, jobs)
+            except Exception as exc:  # never leave a request without an answer or an error
+                log.exception("inference batch failed")
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
 
     async def _run_jobs(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> None:
         # item indices belong to the model that encoded them: a swap between two jobs splits the batch

@@ -121,3 +121,29 @@ def test_the_one_unpickler_refuses_every_global_and_persistent_id():
     for name in ("find_class", "persistent_load"):  # both end in a raise, never a lookup
         assert any(isinstance(n, ast.Raise) for n in ast.walk(methods[name]))
         assert not any(isinstance(n, ast.Return) for n in ast.walk(methods[name]))
+
+
+def test_sasl_and_ssl_settings_pass_through_from_the_environment(monkeypatch):
+    import faust
+
+    from stream.clients import aiokafka_security, faust_credentials, security_settings
+
+    for name in ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SSL_CAFILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert security_settings() == {} and faust_credentials() is None  # plaintext by default
+
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "nextclick")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "s3cret")
+    assert security_settings() == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "nextclick",
+        "sasl_plain_password": "s3cret",
+    }
+    assert aiokafka_security()["ssl_context"] is not None  # *_SSL gets a context (system CAs)
+    credentials = faust_credentials()
+    assert isinstance(credentials, faust.SASLCredentials)
+    assert (credentials.username, credentials.password) == ("nextclick", "s3cret")
+    assert credentials.ssl_context is not None
