@@ -88,8 +88,11 @@ def consumer(
     group: str | None = None,
     from_beginning: bool = True,
     auto_commit: bool = True,
+    request_timeout_ms: int | None = None,
 ) -> Any:
-    """A kafka-python consumer; with `auto_commit=False` the caller commits (after its own durable write)."""
+    """A kafka-python consumer; with `auto_commit=False` the caller commits (after its own durable write).
+    `request_timeout_ms` (kafka-python's default is 305 s) suits group-less readers: a group member's join
+    may legitimately take longer."""
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
@@ -105,6 +108,7 @@ def consumer(
             fetch_max_wait_ms=20,
             enable_auto_commit=group is not None and auto_commit,
             max_poll_interval_ms=3_600_000,  # a trainer polls again only after a training cycle
+            **({"request_timeout_ms": request_timeout_ms} if request_timeout_ms else {}),
             **security_settings(),
         )
     except KafkaError as exc:

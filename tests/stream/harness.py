@@ -161,7 +161,9 @@ def collect(
     """Records of a topic from its beginning until `count` arrived (and, if given, every event id in
     `events` and every key in `keys`), then `settle` more seconds so that duplicates would show, or until
     the timeout."""
-    cons = consumer(bootstrap, topic, from_beginning=True)
+    cons = consumer(
+        bootstrap, topic, from_beginning=True, request_timeout_ms=15000
+    )  # an unanswered fetch is retried
     out: list[Any] = []
     deadline = time.monotonic() + timeout
     done_at = None
@@ -182,12 +184,16 @@ def collect(
     return out
 
 
-def group_positions(bootstrap: str, group: str, topic: str) -> dict[int, tuple[int | None, int]]:
-    """partition -> (the group's committed offset, the broker's end offset): for failure messages."""
+def group_positions(bootstrap: str, group: str, topic: str) -> dict[int, tuple[int | None, int]] | str:
+    """partition -> (the group's committed offset, the broker's end offset): for failure messages, so it
+    never raises (an error comes back as its text)."""
     from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    cons = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        cons = KafkaConsumer(bootstrap_servers=bootstrap)
+    except Exception as exc:
+        return repr(exc)
     try:
         committed = {
             tp.partition: m.offset
@@ -197,6 +203,8 @@ def group_positions(bootstrap: str, group: str, topic: str) -> dict[int, tuple[i
         parts = [TopicPartition(topic, p) for p in sorted(cons.partitions_for_topic(topic) or [])]
         ends = cons.end_offsets(parts)
         return {tp.partition: (committed.get(tp.partition), ends[tp]) for tp in parts}
+    except Exception as exc:
+        return repr(exc)
     finally:
         admin.close()
         cons.close()

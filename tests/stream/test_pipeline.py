@@ -110,13 +110,17 @@ def test_a_restarted_worker_recovers_every_session_history(bootstrap, topics, se
         wanted = {e + "-after" for _, _, e in final}
         recs = _by_event(collect(bootstrap, topics.recommendations, len(burst) + len(final), events=wanted))
         restart_to_answers = time.monotonic() - restarted
-        consumed = again.metric("nextclick_events_total")
+        # what the worker did (consumed, published) against what the test saw: on a stall, tells a worker
+        # that stopped from a reader that could not get past some offset
+        seen = {m: again.metric(m) for m in ("nextclick_events_total", "nextclick_recommendations_total")}
         positions = group_positions(bootstrap, topics.app_id, topics.clicks) if wanted - set(recs) else {}
     finally:
         again.stop()
     print(f"restart to all {len(final)} answers: {restart_to_answers:.1f} s")
     missing = wanted - set(recs)
-    assert not missing, f"{len(missing)} unanswered; consumed {consumed}; {positions}: {again.log_tail()}"
+    assert not missing, (
+        f"{len(missing)} unanswered, {len(recs)} seen; worker {seen}; {positions}: {again.log_tail()}"
+    )
     assert restart_to_answers < 20.0  # seconds, not the ~30 s stall of Faust's defaults on this broker
     history = defaultdict(list)
     for s, i, _ in burst + final:
