@@ -124,7 +124,6 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    import os
 
     for flag, env in (
         ("checkpoint", "NEXTCLICK_CHECKPOINT"),
@@ -156,7 +155,6 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_trainer(args: argparse.Namespace) -> int:
     import logging
-    import os
 
     from model.params import parse_sets
     from stream.clients import require_broker
@@ -199,7 +197,6 @@ def cmd_trainer(args: argparse.Namespace) -> int:
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    import os
     import time
 
     from model.checkpoint import load_checkpoint
