@@ -28,7 +28,7 @@ from model.data import SessionData
 from model.errors import DataError
 from model.params import params_to_dict
 from model.sessions import Sessions, prefix_samples, split_last
-from model.training import evaluate_model, fit_model, make_model, remap_test
+from model.training import epoch_field, evaluate_model, fit_model, make_model, remap_test
 from model.vocab import ItemVocab
 from model.zoo import model_class
 
@@ -82,13 +82,14 @@ def train_candidate(
     """A model of kind `name` trained on `data.train`, warm-started from `serving` when it is the same
     kind, with the serving model's hyperparameters (`sets` override them). Early stopping is left to the
     gate: the held-out split is the newest data and stays unseen."""
-    sets = {"valid_fraction": 0.0, **(sets or {})} if name in ("srgnn", "mtaw") else dict(sets or {})
+    defaults = model_class(name).Params()
+    sets = (
+        {"valid_fraction": 0.0, **(sets or {})} if hasattr(defaults, "valid_fraction") else dict(sets or {})
+    )
     warm = warm and serving is not None and serving.name == name
     config = params_to_dict(serving.params) if warm and serving is not None else None
-    trains_in_epochs = any(hasattr(model_class(name).Params(), f) for f in ("epochs", "n_epochs"))
-    model = make_model(
-        name, data, config=config, sets=sets, epochs=epochs if trains_in_epochs else None, device=device
-    )
+    epochs = epochs if epoch_field(defaults) else None  # kNN and popularity models have none
+    model = make_model(name, data, config=config, sets=sets, epochs=epochs, device=device)
     history: dict[str, Any] = {"warm_start": False}
     if warm and serving is not None and hasattr(model, "net"):  # learnt weights (kNN and pop refit)
         moved = warm_start(model, serving)

@@ -41,6 +41,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def epoch_field(params: Any) -> str | None:
+    """The name of a model's epoch count among its hyperparameters (None: it does not train in epochs)."""
+    return next((f for f in ("epochs", "n_epochs") if hasattr(params, f)), None)
+
+
 def make_model(
     name: str,
     data: SessionData,
@@ -53,7 +58,7 @@ def make_model(
     cls = model_class(name)
     params = build_params(cls.Params, config, sets)
     if epochs is not None:
-        field = next((f for f in ("epochs", "n_epochs") if hasattr(params, f)), None)
+        field = epoch_field(params)
         if field is None:
             raise UserError(f"--epochs: model {name} does not train in epochs")
         params = dataclasses.replace(params, **{field: epochs})

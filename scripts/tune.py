@@ -46,7 +46,7 @@ def main() -> None:
         model = make_model(args.model, data, sets=sets, epochs=args.epochs)
         t0 = time.perf_counter()
         history = model.fit(fit, valid, progress=True)
-        best = max(history["epochs"], key=lambda e: e["valid_recall@20"] + e["valid_mrr@20"])
+        best = history["epochs"][history["best_epoch"] - 1]  # fit's own early-stopping choice
         row = {
             **dict(zip(names, combo, strict=True)),
             "best_epoch": best["epoch"],

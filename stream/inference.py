@@ -111,6 +111,12 @@ class Job:
     wait: bool
 
 
+def _fail(jobs: list[Job], exc: Exception) -> None:
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(exc)
+
+
 class InferenceService:
     def __init__(
         self, served: Served, metrics: Metrics, k: int = 20, max_batch: int = 64, max_wait_ms: float = 5.0
@@ -195,9 +201,7 @@ class InferenceService:
                 await self._run_jobs(loop, jobs)
             except Exception as exc:  # never leave a request without an answer or an error
                 log.exception("inference batch failed")
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+                _fail(jobs, exc)
 
     async def _run_jobs(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> None:
         # item indices belong to the model that encoded them: a swap between two jobs splits the batch
@@ -209,9 +213,7 @@ class InferenceService:
             try:
                 answers = await loop.run_in_executor(self.pool, self._infer, requests[0].served, requests)
             except Exception as exc:  # a failing batch fails its requests, never the service
-                for job in group:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
+                _fail(group, exc)
                 continue
             start = 0
             for job in group:

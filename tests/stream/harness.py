@@ -134,6 +134,18 @@ class Worker:
         stop_group(self.proc, timeout=20, sig=sig)
 
 
+def start_trainer(bootstrap: str, topics: Topics, registry: Path, log_dir: Path, out: Path, *args: str):
+    """`nextclick trainer` as a child process in its own process group, its output in `out`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", "trainer", "--registry", str(registry), "--log-dir", str(log_dir),
+         *args],
+        env={**os.environ, **topics.env(), "KAFKA_BOOTSTRAP": bootstrap},
+        stdout=open(out, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+
+
 def send(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
     prod = producer(bootstrap)
     for key, value in messages:

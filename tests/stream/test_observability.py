@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
@@ -18,7 +16,7 @@ from model.registry import Registry
 from model.sessionlog import SessionLog
 from model.synthetic import item_id, synthetic_sessions
 from stream.broker import free_port, port_open
-from tests.stream.harness import Worker, click, send
+from tests.stream.harness import Worker, click, send, start_trainer
 from tests.test_deploy import ALERTS, alert_rules, dashboard_exprs, signal_of
 
 pytestmark = pytest.mark.slow
@@ -49,16 +47,11 @@ def test_prometheus_scrapes_a_worker_and_the_trainer_and_every_expression_return
     )
     worker = Worker(bootstrap, topics, None, tmp_path, registry=registry.root)
     trainer_port, prom_port = free_port(), free_port()
-    env = {**os.environ, **topics.env(), "KAFKA_BOOTSTRAP": bootstrap}
     # --gate-tolerance 1: publish whatever it trains (this test is about metrics; the gate has its own test)
-    trainer = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "trainer", "--registry", str(registry.root), "--log-dir",
-         str(tmp_path / "log"), "--model", "vsknn", "--interval", "1", "--min-new-sessions", "1", "--gate-tolerance", "1",
-         "--metrics-port", str(trainer_port), "--loglevel", "info"],
-        env=env,
-        stdout=open(tmp_path / "trainer.log", "wb"),  # noqa: SIM115 - the child keeps it
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    trainer = start_trainer(
+        bootstrap, topics, registry.root, tmp_path / "log", tmp_path / "trainer.log",
+        "--model", "vsknn", "--interval", "1", "--min-new-sessions", "1", "--gate-tolerance", "1",
+        "--metrics-port", str(trainer_port), "--loglevel", "info",
     )  # fmt: skip
     config = tmp_path / "prometheus.yml"
     config.write_text(

@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -26,8 +25,9 @@ from model.sessionlog import SessionLog
 from model.synthetic import item_id, synthetic_sessions
 from stream.broker import EmbeddedBroker
 from stream.changelog import read_changelog
+from stream.config import Settings
 from tests.hostile import EXTRAS, KINDS, hostile_message
-from tests.stream.harness import Load, Topics, Worker, collect, send
+from tests.stream.harness import Load, Topics, Worker, collect, send, start_trainer
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
@@ -46,6 +46,14 @@ def _answers(records) -> Counter:
     return Counter(json.loads(r.value)["event_id"] for r in records)
 
 
+def _delivery(records, events: set[str]) -> tuple[set[str], dict[str, int]]:
+    """The clicks never answered, and the delivery figures every scenario reports."""
+    answered = _answers(records)
+    unanswered = events - set(answered)
+    twice = sum(1 for e in events if answered[e] > 1)
+    return unanswered, {"clicks": len(events), "unanswered": len(unanswered), "answered_twice": twice}
+
+
 def _waits(records, sent, after: float) -> list[float]:
     """Seconds from sending to the (first) answer, for the clicks sent after `after` (wall time)."""
     answered_at: dict[str, float] = {}
@@ -55,10 +63,16 @@ def _waits(records, sent, after: float) -> list[float]:
     return [answered_at[e] - t for e, _, _, t in sent if t >= after and e in answered_at]
 
 
+def _stored_sessions(bootstrap: str, topics: Topics) -> dict:
+    """The session table as its changelog holds it, read to its real end (after the workers stopped)."""
+    partitions = list(range(Settings().partitions))
+    return asyncio.run(read_changelog(bootstrap, f"{topics.app_id}-sessions-changelog", partitions))
+
+
 def _histories_differing(bootstrap: str, topics: Topics, load: Load) -> list[str]:
-    """Sessions whose stored history (the table's changelog, read to its real end once the workers have
-    stopped) is not exactly the clicks sent to them, in order: lost or appended twice."""
-    stored = asyncio.run(read_changelog(bootstrap, f"{topics.app_id}-sessions-changelog", list(range(4))))
+    """Sessions whose stored history is not exactly the clicks sent to them, in order: lost or appended
+    twice."""
+    stored = _stored_sessions(bootstrap, topics)
     return [s for s, items in load.history().items() if (stored.get(s) or {}).get("items") != items]
 
 
@@ -159,21 +173,18 @@ def test_kill_9_under_load_loses_no_click_and_no_history(bootstrap, topics, serv
         if again is not None:
             again.stop()
     sessions = _histories_intact(bootstrap, topics, load)
-    answered = _answers(recs)
-    unanswered = events - set(answered)
+    unanswered, delivery = _delivery(recs, events)
     waits = _waits(recs, load.sent, killed)
     report(
         "worker kill -9 under load",
         rate=80,
-        clicks=len(events),
-        unanswered=len(unanswered),
-        answered_twice=sum(1 for e in events if answered[e] > 1),
+        **delivery,
         restart_to_ready_s=round(ready - killed, 1),
         longest_wait_s=round(max(waits), 1),
         sessions_checked=sessions,
     )
     assert not unanswered
-    assert max(answered.values()) <= 2  # at-least-once: a click in flight at the kill may be answered twice
+    assert max(_answers(recs).values()) <= 2  # at-least-once: a click in flight at the kill, answered twice
 
 
 def test_the_surviving_worker_takes_over_a_killed_workers_partitions(
@@ -201,15 +212,12 @@ def test_the_surviving_worker_takes_over_a_killed_workers_partitions(
         a.stop()
         b.stop()
     differing = _histories_differing(bootstrap, topics, load)
-    answered = _answers(recs)
-    unanswered = events - set(answered)
+    unanswered, delivery = _delivery(recs, events)
     waits = _waits(recs, load.sent, killed)
     report(
         "failover after kill -9 of one of two workers",
         rate=80,
-        clicks=len(events),
-        unanswered=len(unanswered),
-        answered_twice=sum(1 for e in events if answered[e] > 1),
+        **delivery,
         takeover_s=round(max(waits), 1),
         sessions_differing=len(differing),
     )
@@ -234,13 +242,9 @@ def test_a_broker_frozen_for_10_s_loses_nothing_and_everyone_recovers(served_che
         worker = Worker(
             bootstrap, topics, None, tmp_path, registry=registry.root, NEXTCLICK_MAX_SESSION_LENGTH="8"
         )
-        trainer = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "trainer", "--registry", str(registry.root), "--log-dir",
-             str(tmp_path / "log"), "--interval", "3600", "--min-new-sessions", "1000000", "--metrics-port", "0"],
-            env={**os.environ, **topics.env(), "KAFKA_BOOTSTRAP": bootstrap},
-            stdout=open(tmp_path / "trainer.log", "wb"),  # noqa: SIM115 - the child keeps it
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        trainer = start_trainer(  # logs sessions, never trains here
+            bootstrap, topics, registry.root, tmp_path / "log", tmp_path / "trainer.log",
+            "--interval", "3600", "--min-new-sessions", "1000000", "--metrics-port", "0",
         )  # fmt: skip
         try:
             worker.wait_ready()
@@ -267,15 +271,12 @@ def test_a_broker_frozen_for_10_s_loses_nothing_and_everyone_recovers(served_che
             worker.stop()
             trainer.terminate()
             trainer.wait(timeout=20)
-        stored = asyncio.run(read_changelog(bootstrap, f"{topics.app_id}-sessions-changelog", list(range(4))))
-    answered = _answers(recs)
-    unanswered = events - set(answered)
+        stored = _stored_sessions(bootstrap, topics)
+    unanswered, delivery = _delivery(recs, events)
     report(
         "broker frozen (SIGSTOP) for 10 s",
         rate=50,
-        clicks=len(events),
-        unanswered=len(unanswered),
-        answered_twice=sum(1 for e in events if answered[e] > 1),
+        **delivery,
         longest_wait_s=round(max(_waits(recs, load.sent, 0.0)), 1),
         clicks_sent_after_resume=sum(1 for *_, t in load.sent if t > resumed),
         sessions_closed=len(closed),
@@ -291,13 +292,10 @@ def test_a_broker_frozen_for_10_s_loses_nothing_and_everyone_recovers(served_che
 
 # -- trainer faults --------------------------------------------------------------------------------------
 def _trainer(registry: Registry, log_dir: Path, topics: Topics, bootstrap: str, out: Path, *args: str):
-    return subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "trainer", "--registry", str(registry.root), "--log-dir", str(log_dir),
-         "--once", "--metrics-port", "0", "--device", "cpu", "--gate-tolerance", "1", *args],
-        env={**os.environ, **topics.env(), "KAFKA_BOOTSTRAP": bootstrap},
-        stdout=open(out, "wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    """One cycle (`--once`) that publishes whatever it trains (the gate has its own test)."""
+    return start_trainer(
+        bootstrap, topics, registry.root, log_dir, out,
+        "--once", "--metrics-port", "0", "--device", "cpu", "--gate-tolerance", "1", *args,
     )  # fmt: skip
 
 
@@ -352,13 +350,9 @@ def test_a_trainer_killed_mid_training_or_mid_publish_publishes_nothing(
             time.sleep(2)
             serving_during_faults = worker.metric("nextclick_model_swaps_total")
 
-            done = subprocess.run(
-                [sys.executable, "-m", "stream.cli", "trainer", "--registry", str(registry.root), "--log-dir",
-                 str(tmp_path / "log"), "--once", "--metrics-port", "0", "--model", "vsknn", "--gate-tolerance", "1"],
-                env={**os.environ, **topics.env(), "KAFKA_BOOTSTRAP": bootstrap},
-                capture_output=True, text=True, timeout=120,
-            )  # fmt: skip
-            assert done.returncode == 0, done.stderr[-2000:]
+            log3 = tmp_path / "trainer-3.log"
+            done = _trainer(registry, tmp_path / "log", topics, bootstrap, log3, "--model", "vsknn")
+            assert done.wait(timeout=120) == 0, log3.read_text()[-2000:]
             assert registry.latest() == "v000002" and not list(registry.root.glob(".v*"))
             time.sleep(3)
         events = {e for e, *_ in load.sent}
@@ -371,8 +365,7 @@ def test_a_trainer_killed_mid_training_or_mid_publish_publishes_nothing(
     report(
         "trainer killed mid-training and mid-publish",
         killed=outcomes,
-        clicks=len(events),
-        unanswered=len(events - set(answered)),
+        **_delivery(recs, events)[1],
         versions_served=dict(versions),
         model_load_failures=failures,
     )
