@@ -26,6 +26,7 @@ from model.synthetic import item_id, synthetic_sessions
 from stream.broker import EmbeddedBroker
 from stream.changelog import read_changelog
 from stream.config import Settings
+from stream.demo import scrape, serving_version
 from tests.hostile import EXTRAS, KINDS, hostile_message
 from tests.stream.harness import Load, Topics, Worker, collect, send, start_trainer
 
@@ -310,6 +311,13 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:
     return False
 
 
+def _wait_serving(worker: Worker, version: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while serving_version(scrape(worker.metrics_port)) != version:
+        assert time.monotonic() < deadline, f"worker never served {version}: {worker.log_tail()}"
+        time.sleep(0.2)
+
+
 def test_a_trainer_killed_mid_training_or_mid_publish_publishes_nothing(
     bootstrap, topics, served_checkpoint, tmp_path
 ):
@@ -335,6 +343,7 @@ def test_a_trainer_killed_mid_training_or_mid_publish_publishes_nothing(
             assert not list(registry.root.glob(".v*")), "nothing staged before training ended"
 
             staged = registry.root / ".v000002.staging"
+            swaps_before = worker.metric("nextclick_model_swaps_total")
             for attempt in range(3):  # the staging window is short: kill the moment it appears
                 proc = _trainer(registry, tmp_path / "log", topics, bootstrap, tmp_path / f"t2-{attempt}.log",
                                 *gru, "--epochs", "1")  # fmt: skip
@@ -342,13 +351,19 @@ def test_a_trainer_killed_mid_training_or_mid_publish_publishes_nothing(
                 outcomes["publish_attempts"] = attempt + 1
                 if outcomes["mid_publish"]:
                     break
-                registry.promote("v000001")  # it published before the kill: undo, try again
+                # It published before the kill. Undo it the way an operator would: let the worker take the
+                # version it was told about (deleting it under a load would count as a refused version),
+                # roll back, wait until v000001 serves again, and count swaps only from there.
+                _wait_serving(worker, registry.latest())
+                registry.promote("v000001")
+                _wait_serving(worker, "v000001")
                 for name in registry.names()[1:]:
                     shutil.rmtree(registry.root / name)
+                swaps_before = worker.metric("nextclick_model_swaps_total")
             assert outcomes["mid_publish"], "never caught the trainer while it was publishing"
             assert registry.names() == ["v000001"] and registry.latest() == "v000001"
             time.sleep(2)
-            serving_during_faults = worker.metric("nextclick_model_swaps_total")
+            serving_during_faults = worker.metric("nextclick_model_swaps_total") - swaps_before
 
             log3 = tmp_path / "trainer-3.log"
             done = _trainer(registry, tmp_path / "log", topics, bootstrap, log3, "--model", "vsknn")
