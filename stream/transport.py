@@ -14,14 +14,20 @@ that arrived during a rebalance (the failover test lost 5-47 clicks in a quarter
   read-offset filter (`offset >= read_offset`) then drops the re-fetched records below them as "read";
 - a record in flight when the seek ends writes its (old, higher) read offset after the seek reset it;
 - aiokafka's `seek_to_committed` leaves a partition whose committed offset is 0 or missing where the
-  fetcher had got to, so the records fetched before the rebalance are never fetched again.
+  fetcher had got to, so the records fetched before the rebalance are never fetched again;
+- Faust resumes the fetcher while it recovers the tables, before that seek, so records from wherever the
+  fetch position stood (past the committed offset) reach the agent first and the re-fetched ones below
+  them after: out of order. The pipeline then takes the earlier click for a redelivery, answers it and
+  never appends it (one click missing from a session's history; the churn test saw 8 to 11 sessions).
 The fix keeps, per stream partition, an epoch that the consumer thread bumps in the same step as it moves
 the fetch position, and tags every batch with the epochs it was fetched under. aiokafka hands out records
-only from the current position, so a batch is either wholly from before a seek or wholly after it:
-`_Consumer` skips a record whose batch is older than its partition's epoch (it is fetched again from the
-new position) and, before the first record after a seek, writes the seek's position as the read offset
-again. Every stream partition is moved, committed or not. A record may come twice (the pipeline answers a
-redelivered click again and appends it once), never zero times.
+only from the current position, so a batch is either wholly from before a seek or wholly after it.
+`_Consumer` skips a record whose batch is older than its partition's epoch, or whose partition the
+rebalance under way assigned and its seek has not moved yet (either way it is fetched again from the new
+position), and before the first record after a seek writes the seek's position as the read offset again.
+Every stream partition is moved, committed or not. A record may come twice (the pipeline answers a
+redelivered click again and appends it once), never zero times, and a partition's records reach the agent
+in offset order.
 """
 
 from __future__ import annotations
@@ -46,6 +52,12 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
         super().__init__(*args, **kwargs)
         self.epochs: dict[TP, int] = {}  # per stream partition: how often this consumer moved its position
         self.positions: dict[TP, int] = {}  # and where to, the last time
+        self.unsought: set[TP] = set()  # assigned by the rebalance under way, not yet moved by its seek
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        """Faust's rebalance handling, recovery and the seek included, runs inside this call."""
+        self.unsought |= {tp for tp in assigned if not self._is_changelog(tp)}
+        await super().on_partitions_assigned(assigned, generation_id)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         return await self.call_thread(self._seek_to_committed)
@@ -72,6 +84,7 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
             consumer.seek(tp, position)
             key = TP(tp.topic, tp.partition)
             epochs[key], positions[key] = epochs.get(key, 0) + 1, position
+            self.unsought.discard(key)
         return committed
 
     def _is_changelog(self, tp: Any) -> bool:
@@ -105,14 +118,14 @@ class _Consumer(driver.Consumer):
         return records
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
-        """Faust's getmany, minus records fetched before their partition's latest seek: the seek moved the
-        fetch position back, so they come again, in order."""
+        """Faust's getmany, minus records fetched before their partition's latest seek or before the seek
+        that ends a rebalance: the seek moves the fetch position back, so they come again, in order."""
         thread, delivered = self._thread, self._delivered_epochs
         records = super().getmany(timeout)
         try:
             async for tp, message in records:
                 epoch = thread.epochs.get(tp, 0)
-                if self._batch_epochs.get(tp, 0) != epoch:
+                if self._batch_epochs.get(tp, 0) != epoch or tp in thread.unsought:
                     continue
                 if delivered.get(tp, 0) != epoch:  # a stale record in flight may have moved it since the seek
                     self._read_offset[tp] = thread.positions[tp]
