@@ -56,7 +56,7 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         """Faust's rebalance handling, recovery and the seek included, runs inside this call."""
-        self.unsought |= {tp for tp in assigned if not self._is_changelog(tp)}
+        self.unsought |= {tp for tp in assigned if not self.consumer._is_changelog_tp(tp)}
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
@@ -69,26 +69,23 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
         them; Faust's recovery reads those."""
         consumer = self._ensure_consumer()
         committed = {tp: await consumer.committed(tp) for tp in consumer.assignment()}
-        unset = [tp for tp, o in committed.items() if (o is None or o < 0) and not self._is_changelog(tp)]
+        changelog = {tp for tp in committed if self.consumer._is_changelog_tp(tp)}
+        unset = [tp for tp, o in committed.items() if (o is None or o < 0) and tp not in changelog]
         earliest = self.app.conf.consumer_auto_offset_reset == "earliest"
         start = (
             await (consumer.beginning_offsets if earliest else consumer.end_offsets)(unset) if unset else {}
         )
-        epochs, positions = self.epochs, self.positions
+        # aiokafka's TopicPartition equals and hashes as Faust's TP: both are (topic, partition) tuples
         for tp, offset in committed.items():  # no await from here on: no batch can be handed out half-way
-            if self._is_changelog(tp):
+            if tp in changelog:
                 if offset and offset > 0:
                     consumer.seek(tp, offset)
                 continue
-            position = start.get(tp, offset)
-            consumer.seek(tp, position)
-            key = TP(tp.topic, tp.partition)
-            epochs[key], positions[key] = epochs.get(key, 0) + 1, position
-            self.unsought.discard(key)
+            self.positions[tp] = start.get(tp, offset)
+            consumer.seek(tp, self.positions[tp])
+            self.epochs[tp] = self.epochs.get(tp, 0) + 1
+            self.unsought.discard(tp)
         return committed
-
-    def _is_changelog(self, tp: Any) -> bool:
-        return self.consumer._is_changelog_tp(TP(tp.topic, tp.partition))
 
     async def _fetch_records(self, *args: Any, **kwargs: Any) -> RecordMap:
         records = await super()._fetch_records(*args, **kwargs)

@@ -86,6 +86,18 @@ def _histories_differing(bootstrap: str, topics: Topics, load: Load) -> dict[str
     return out
 
 
+def _lost(unanswered: set[str], differing: dict[str, str]) -> str:
+    return f"unanswered {sorted(unanswered)[:20]}; histories differing {differing}"
+
+
+def _wait_until_consumed(worker: Worker, load: Load, timeout: float = 30.0) -> None:
+    """Until the worker has consumed (nearly) every click sent so far, then 2 s for the last answers."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and worker.metric("nextclick_events_total") < len(load.sent) - 5:
+        time.sleep(0.2)
+    time.sleep(2)
+
+
 def _histories_intact(bootstrap: str, topics: Topics, load: Load) -> int:
     """Every session's stored history must equal what was sent to it; returns the sessions checked."""
     differing = _histories_differing(bootstrap, topics, load)
@@ -211,10 +223,7 @@ def test_the_surviving_worker_takes_over_a_killed_workers_partitions(
             time.sleep(3)
             a.stop(signal.SIGKILL)
             killed = time.time()
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and b.metric("nextclick_events_total") < len(load.sent) - 5:
-                time.sleep(0.2)
-            time.sleep(2)
+            _wait_until_consumed(b, load)
         events = {e for e, *_ in load.sent}
         recs = collect(bootstrap, topics.recommendations, len(events), events=events)
         assert b.proc.poll() is None
@@ -231,7 +240,7 @@ def test_the_surviving_worker_takes_over_a_killed_workers_partitions(
         takeover_s=round(max(waits), 1),
         sessions_differing=len(differing),
     )
-    assert not unanswered and not differing, f"unanswered {sorted(unanswered)[:20]}; differing {differing}"
+    assert not unanswered and not differing, _lost(unanswered, differing)
     assert max(waits) < 20  # the dead member's session (6 s) expires, the group rebalances, B serves
 
 
@@ -255,10 +264,7 @@ def test_workers_joining_and_leaving_under_load_lose_no_click_and_no_history(
                 time.sleep(3)
                 b.stop(how)
                 time.sleep(8 if how == signal.SIGKILL else 4)  # a killed member is noticed after 6 s
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and a.metric("nextclick_events_total") < len(load.sent) - 5:
-                time.sleep(0.2)
-            time.sleep(2)
+            _wait_until_consumed(a, load)
         events = {e for e, *_ in load.sent}
         recs = collect(bootstrap, topics.recommendations, len(events), events=events)
         assert a.proc.poll() is None
@@ -274,7 +280,7 @@ def test_workers_joining_and_leaving_under_load_lose_no_click_and_no_history(
         **delivery,
         sessions_differing=len(differing),
     )
-    assert not unanswered and not differing, f"unanswered {sorted(unanswered)[:20]}; differing {differing}"
+    assert not unanswered and not differing, _lost(unanswered, differing)
 
 
 # -- a frozen broker -------------------------------------------------------------------------------------
