@@ -19,7 +19,13 @@ epochs. The reference writes the update as n + z ⊙ (h - n), i.e. z and 1 - z s
 same model up to the sign of the gate's weights, and we keep the paper's form.
 
 Unlike the reference, which builds every session graph with a Python loop per session per batch, the
-graphs of a whole batch are built at once with tensor operations (`session_graphs`).
+graphs of a whole batch are built at once with tensor operations (`session_graphs`), and packed: the
+batch is one disjoint graph of its real nodes, messages are sums over edge lists (`index_add_`), and
+the attention runs over real clicks only. The reference pads every session to the batch's largest graph
+and longest session and runs each layer over the padding too; the results are the same (tested against
+a padded re-implementation), at a quarter of the rows. The item lookup that feeds the graph has a sparse
+gradient: the full (n_items x d) gradient comes from the scoring product anyway, and the lookup's few
+hundred rows are added into it instead of being materialised as a second dense matrix.
 """
 
 from __future__ import annotations
@@ -44,40 +50,51 @@ class SRGNNParams(NeuralParams):
 
 
 class SessionGraphs(NamedTuple):
-    nodes: torch.Tensor  # (B, N) item index of every node, 0 = padding node
-    alias: torch.Tensor  # (B, L) node of every click position
-    a_in: torch.Tensor  # (B, N, N) incoming edges normalised by in-degree
-    a_out: torch.Tensor  # (B, N, N) outgoing edges normalised by out-degree
-    mask: torch.Tensor  # (B, L) True at real clicks
+    """The graphs of a batch of sessions as one disjoint graph, packed: no padding nodes or clicks.
+
+    A session's nodes are contiguous and in ascending item order (as np.unique gives them in the
+    reference); the adjacency matrices are kept as their non-zero entries, one per distinct edge."""
+
+    items: torch.Tensor  # (M,) item index of every node
+    src: torch.Tensor  # (E,) edge src -> dst, as node indices
+    dst: torch.Tensor  # (E,)
+    in_weight: torch.Tensor  # (E,) the edge's entry in A_in: 1 / indeg(dst)
+    out_weight: torch.Tensor  # (E,) its entry in A_out: 1 / outdeg(src)
+    click_node: torch.Tensor  # (C,) node of every click, session after session
+    click_session: torch.Tensor  # (C,) batch row of every click
+    last_node: torch.Tensor  # (B,) node of each session's last click
 
 
 def session_graphs(seq: torch.Tensor) -> SessionGraphs:
-    """The session graphs of a right-padded batch (B, L), built with tensor ops (no loop over sessions).
+    """The session graphs of a right-padded batch (B, L) of non-empty sessions, built with tensor ops.
 
-    Nodes are each row's distinct items in ascending order, as np.unique gives them in the reference."""
+    Packing is where the speed comes from: a Tmall batch of 100 has ~450 distinct items and ~640 clicks,
+    while the padded (B, N) and (B, L) layouts the reference uses hold ~2,150 nodes and ~3,000 clicks,
+    and every node-wise layer of the GNN and the attention pays for the padding."""
     batch, length = seq.shape
     mask = seq > 0
     big = torch.iinfo(seq.dtype).max
-    keyed = torch.where(mask, seq, big)  # padding sorts last
-    sorted_items, order = keyed.sort(dim=1)
-    is_new = torch.ones_like(mask)
-    is_new[:, 1:] = sorted_items[:, 1:] != sorted_items[:, :-1]
-    node_of_sorted = is_new.long().cumsum(dim=1) - 1
-    alias = torch.empty_like(seq).scatter_(1, order, node_of_sorted)
-    real_new = is_new & (sorted_items != big)
-    n_nodes = int(real_new.sum(dim=1).max().clamp(min=1))
-    nodes = torch.zeros(batch, n_nodes, dtype=seq.dtype, device=seq.device)
-    rows = torch.arange(batch, device=seq.device).unsqueeze(1).expand(-1, length)
-    nodes[rows[real_new], node_of_sorted[real_new]] = sorted_items[real_new]
-    alias = torch.where(mask, alias, 0)
+    sorted_items, order = torch.where(mask, seq, big).sort(dim=1)  # padding sorts last
+    first = torch.ones_like(mask)
+    first[:, 1:] = sorted_items[:, 1:] != sorted_items[:, :-1]
+    is_node = first & (sorted_items != big)  # the first copy of each distinct item of a row
+    node_of_sorted = is_node.flatten().cumsum(0).view(batch, length) - 1  # numbered across the batch
+    node_of_click = torch.empty_like(seq).scatter_(1, order, node_of_sorted)
+    items = sorted_items[is_node]
+    n = len(items)
 
-    adj = torch.zeros(batch, n_nodes, n_nodes, device=seq.device)
-    edge = mask[:, 1:] & mask[:, :-1]
-    b = rows[:, 1:][edge]
-    adj[b, alias[:, :-1][edge], alias[:, 1:][edge]] = 1.0
-    out_deg = adj.sum(dim=2, keepdim=True).clamp(min=1.0)
-    in_deg = adj.sum(dim=1, keepdim=True).clamp(min=1.0)
-    return SessionGraphs(nodes, alias, (adj / in_deg).transpose(1, 2), adj / out_deg, mask)
+    consecutive = mask[:, 1:] & mask[:, :-1]
+    pairs = torch.unique(node_of_click[:, :-1][consecutive] * n + node_of_click[:, 1:][consecutive])
+    src, dst = pairs // n, pairs % n  # each distinct edge once: a repeated transition still weighs 1
+    in_weight = 1.0 / torch.bincount(dst, minlength=n).to(torch.float32)[dst]
+    out_weight = 1.0 / torch.bincount(src, minlength=n).to(torch.float32)[src]
+
+    rows = torch.arange(batch, device=seq.device)
+    click_session = rows.unsqueeze(1).expand(-1, length)[mask]
+    last_node = node_of_click[rows, mask.sum(dim=1) - 1]
+    return SessionGraphs(
+        items, src, dst, in_weight, out_weight, node_of_click[mask], click_session, last_node
+    )
 
 
 class GatedGraphLayer(nn.Module):
@@ -92,20 +109,21 @@ class GatedGraphLayer(nn.Module):
         self.w_ih = nn.Linear(2 * d, 3 * d)  # [W_r; W_z; W_h] applied to the message
         self.w_hh = nn.Linear(d, 3 * d)  # [U_r; U_z; U_h] applied to the node state
 
-    def cell(self, a_in: torch.Tensor, a_out: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        message = torch.cat(
-            [a_in @ self.edge_in(h) + self.b_iah, a_out @ self.edge_out(h) + self.b_oah], dim=2
-        )
-        i_r, i_z, i_h = self.w_ih(message).chunk(3, dim=2)
-        h_r, h_z, h_h = self.w_hh(h).chunk(3, dim=2)
+    def cell(self, g: SessionGraphs, h: torch.Tensor) -> torch.Tensor:
+        """One propagation step; A_in (H W_in + b_in) is a sum over each node's incoming edges."""
+        incoming = torch.zeros_like(h).index_add_(0, g.dst, self.edge_in(h)[g.src] * g.in_weight[:, None])
+        outgoing = torch.zeros_like(h).index_add_(0, g.src, self.edge_out(h)[g.dst] * g.out_weight[:, None])
+        message = torch.cat([incoming + self.b_iah, outgoing + self.b_oah], dim=1)
+        i_r, i_z, i_h = self.w_ih(message).chunk(3, dim=1)
+        h_r, h_z, h_h = self.w_hh(h).chunk(3, dim=1)
         reset = torch.sigmoid(i_r + h_r)
         update = torch.sigmoid(i_z + h_z)
         candidate = torch.tanh(i_h + reset * h_h)
         return (1 - update) * h + update * candidate
 
-    def forward(self, a_in: torch.Tensor, a_out: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    def forward(self, g: SessionGraphs, h: torch.Tensor) -> torch.Tensor:
         for _ in range(self.step):
-            h = self.cell(a_in, a_out, h)
+            h = self.cell(g, h)
         return h
 
 
@@ -125,11 +143,11 @@ class SRGNN(Bf16Scoring, nn.Module):
 
     def session_vector(self, seq: torch.Tensor) -> torch.Tensor:
         g = session_graphs(seq)
-        h = self.gnn(g.a_in, g.a_out, self.embedding(g.nodes))  # (B, N, d)
-        clicks = h.gather(1, g.alias.unsqueeze(-1).expand(-1, -1, h.shape[-1]))  # (B, L, d)
-        last = clicks[torch.arange(len(seq), device=seq.device), g.mask.sum(dim=1) - 1]  # (B, d)
-        alpha = self.q(torch.sigmoid(self.w1(last).unsqueeze(1) + self.w2(clicks)))  # (B, L, 1)
-        s_global = (alpha * clicks * g.mask.unsqueeze(-1)).sum(dim=1)
+        h = self.gnn(g, F.embedding(g.items, self.embedding.weight, sparse=True))  # (M, d), all nodes
+        last = h[g.last_node]  # (B, d)
+        clicks = h[g.click_node]  # (C, d), every click of the batch
+        alpha = self.q(torch.sigmoid(self.w1(last)[g.click_session] + self.w2(clicks)))  # (C, 1)
+        s_global = torch.zeros_like(last).index_add_(0, g.click_session, alpha * clicks)
         if self.nonhybrid:
             return s_global
         return self.w3(torch.cat([last, s_global], dim=1))
