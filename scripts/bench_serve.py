@@ -1,6 +1,7 @@
 """End-to-end serving latency: embedded broker + one `nextclick worker` + a load generator, on one machine.
 
     .venv/bin/python scripts/bench_serve.py --models srgnn gru4rec --rates 250 500 1000 2000 --seconds 20
+    .venv/bin/python scripts/bench_serve.py --bare ...   # first the floor: a bare Faust agent, same rates
 
 For each model (untrained weights over Tmall's 40,727-item vocabulary: latency does not depend on what the
 weights learnt) a worker serves k = 20. The load generator replays Tmall sessions (newest training
@@ -87,12 +88,17 @@ def run_rate(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/tmall")
-    ap.add_argument("--models", nargs="+", default=["srgnn", "gru4rec"])
+    ap.add_argument("--models", nargs="*", default=["srgnn", "gru4rec"])
     ap.add_argument("--rates", type=float, nargs="+", default=[250, 500, 1000, 2000])
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--concurrent", type=int, default=1000, help="sessions open at once in the stream")
     ap.add_argument(
         "--hold", type=float, default=60.0, help="then hold the best passing rate this long (0 = skip)"
+    )
+    ap.add_argument(
+        "--bare",
+        action="store_true",
+        help="also measure scripts/bare_agent.py (one table update + one output per click, no model)",
     )
     args = ap.parse_args()
 
@@ -103,6 +109,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     results = []
     with EmbeddedBroker() as broker:
+        if args.bare:
+            for rate in args.rates:
+                results.append(measure(broker.bootstrap, None, work, clicks, BARE, rate, args.seconds))
         for name in args.models:
             model = make_model(name, data)
             ck = save_checkpoint(model, work / name, fallback=popular_items(data))
@@ -122,9 +131,12 @@ def main() -> None:
     )
 
 
+BARE = "bare-faust-agent"
+
+
 def measure(
     bootstrap: str,
-    ck: Path,
+    ck: Path | None,
     work: Path,
     clicks: list[tuple[str, str]],
     name: str,
@@ -134,14 +146,18 @@ def measure(
 ) -> dict:
     """One rate against a fresh worker on fresh topics, so an overloaded run never slows the next one."""
     topics = Topics()
-    worker = Worker(bootstrap, topics, ck, work, NEXTCLICK_DEVICE="cpu")
+    bare = [sys.executable, str(Path(__file__).with_name("bare_agent.py")), "worker"]
+    worker = Worker(
+        bootstrap, topics, ck, work, command=bare if name == BARE else None, NEXTCLICK_DEVICE="cpu"
+    )
     try:
         worker.wait_ready()
         time.sleep(3)
         run_rate(bootstrap, topics, clicks, 100, 3)  # warm-up
         before = worker_stats(worker)
         r = {"model": name, "hold": hold, **run_rate(bootstrap, topics, clicks, rate, seconds)}
-        r.update(stats_delta(before, worker_stats(worker)))
+        if name != BARE:  # the bare agent has no metrics
+            r.update(stats_delta(before, worker_stats(worker)))
     finally:
         worker.stop()
     print(json.dumps(r), flush=True)

@@ -347,8 +347,9 @@ class Pipeline:
         self.metrics.active_sessions.set(len(self.table.data))
 
 
-def create_app(settings: Settings | None = None) -> App:
-    s = settings or Settings.from_env()
+def base_app(s: Settings) -> App:
+    """A Faust app with the settings this product needs from its broker, without the pipeline (the
+    benchmarks' bare agent, `scripts/bare_agent.py`, runs on it to measure the floor under the worker)."""
     conf: dict[str, Any] = dict(
         broker=f"kafka://{s.bootstrap}",
         store="memory://",
@@ -358,6 +359,7 @@ def create_app(settings: Settings | None = None) -> App:
         # a request the broker never answers is retried after this, not after Faust's 90 s (an unanswered
         # fetch is reported against Tansu upstream; not proven here to be behind the restart stall)
         broker_request_timeout=s.request_timeout,
+        producer_linger_ms=s.producer_linger_ms,
         processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         datadir=s.data_dir,
@@ -370,6 +372,12 @@ def create_app(settings: Settings | None = None) -> App:
         conf["broker_credentials"] = credentials
     app = App(s.app_id, **conf)
     app.fetch_wait_ms = s.fetch_wait_ms
+    return app
+
+
+def create_app(settings: Settings | None = None) -> App:
+    s = settings or Settings.from_env()
+    app = base_app(s)
     app.pipeline = Pipeline(app, s)  # type: ignore[attr-defined]
     return app
 

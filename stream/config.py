@@ -45,6 +45,7 @@ class Settings:
     metrics_port: int = 9100  # 0 = no metrics endpoint
     metrics_addr: str = "0.0.0.0"
     fetch_wait_ms: int = 10
+    producer_linger_ms: float = 0.0  # how long the producer gathers records into one request (Faust: 0)
     request_timeout: float = 15.0  # seconds before a broker request is given up and retried (Faust: 90)
     changelog_catchup: bool = True
     max_message_bytes: int = 64 * 1024
@@ -78,6 +79,7 @@ class Settings:
             metrics_port=_env("NEXTCLICK_METRICS_PORT", cls.metrics_port, int),
             metrics_addr=_env("NEXTCLICK_METRICS_ADDR", cls.metrics_addr),
             fetch_wait_ms=_env("NEXTCLICK_FETCH_WAIT_MS", cls.fetch_wait_ms, int),
+            producer_linger_ms=_env("NEXTCLICK_PRODUCER_LINGER_MS", cls.producer_linger_ms, float),
             request_timeout=_env("NEXTCLICK_REQUEST_TIMEOUT", cls.request_timeout, float),
             changelog_catchup=_env("NEXTCLICK_CHANGELOG_CATCHUP", cls.changelog_catchup, bool),
             max_message_bytes=_env("NEXTCLICK_MAX_MESSAGE_BYTES", cls.max_message_bytes, int),

@@ -76,8 +76,10 @@ class Worker:
         checkpoint: Path | None,
         workdir: Path,
         registry: Path | None = None,
+        command: list[str] | None = None,
         **env: str,
     ) -> None:
+        """`command` replaces `nextclick worker` (a benchmark's bare Faust agent)."""
         self.metrics_port = free_port()
         self.log = workdir / f"worker-{self.metrics_port}.log"
         full_env = {
@@ -89,16 +91,9 @@ class Worker:
             "NEXTCLICK_EXPIRY_INTERVAL": "1",
             **env,
         }
+        model = ["--registry", str(registry)] if registry else ["--checkpoint", str(checkpoint)]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "stream.cli",
-                "worker",
-                *(["--registry", str(registry)] if registry else ["--checkpoint", str(checkpoint)]),
-                "--loglevel",
-                "info",
-            ],
+            [*(command or [sys.executable, "-m", "stream.cli", "worker", *model]), "--loglevel", "info"],
             env=full_env,
             stdout=open(self.log, "wb"),  # noqa: SIM115 - the child keeps it
             stderr=subprocess.STDOUT,
