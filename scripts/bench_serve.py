@@ -108,18 +108,15 @@ def main() -> None:
     clicks = interleave([ids_of(sessions[s], ids) for s in range(len(sessions))], args.concurrent)
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     results = []
-    with EmbeddedBroker() as broker:
-        if args.bare:
-            for rate in args.rates:
-                results.append(measure(broker.bootstrap, None, work, clicks, BARE, rate, args.seconds))
-        for name in args.models:
-            model = make_model(name, data)
-            ck = save_checkpoint(model, work / name, fallback=popular_items(data))
-            for rate in args.rates:
-                results.append(measure(broker.bootstrap, ck, work, clicks, name, rate, args.seconds))
-            best = max((r["rate"] for r in results if r["model"] == name and passed(r)), default=None)
-            if best is not None and args.hold > 0:
-                results.append(measure(broker.bootstrap, ck, work, clicks, name, best, args.hold, hold=True))
+    for name in [BARE] * args.bare + args.models:
+        ck = None
+        if name != BARE:
+            ck = save_checkpoint(make_model(name, data), work / name, fallback=popular_items(data))
+        for rate in args.rates:
+            results.append(measure(ck, work, clicks, name, rate, args.seconds))
+        best = max((r["rate"] for r in results if r["model"] == name and passed(r)), default=None)
+        if best is not None and args.hold > 0:
+            results.append(measure(ck, work, clicks, name, best, args.hold, hold=True))
     held = {}
     for r in results:
         if r.get("hold") and passed(r):
@@ -135,7 +132,6 @@ BARE = "bare-faust-agent"
 
 
 def measure(
-    bootstrap: str,
     ck: Path | None,
     work: Path,
     clicks: list[tuple[str, str]],
@@ -144,7 +140,22 @@ def measure(
     seconds: float,
     hold: bool = False,
 ) -> dict:
-    """One rate against a fresh worker on fresh topics, so an overloaded run never slows the next one."""
+    """One rate against a fresh broker and worker: an overloaded run never slows the next one, and no run
+    pays for the data earlier ones left in the broker (Tansu keeps every record in memory, uncompacted)."""
+    with EmbeddedBroker() as broker:
+        return measure_on(broker.bootstrap, ck, work, clicks, name, rate, seconds, hold)
+
+
+def measure_on(
+    bootstrap: str,
+    ck: Path | None,
+    work: Path,
+    clicks: list[tuple[str, str]],
+    name: str,
+    rate: float,
+    seconds: float,
+    hold: bool,
+) -> dict:
     topics = Topics()
     bare = [sys.executable, str(Path(__file__).with_name("bare_agent.py")), "worker"]
     worker = Worker(
