@@ -142,35 +142,22 @@ def measure(
 ) -> dict:
     """One rate against a fresh broker and worker: an overloaded run never slows the next one, and no run
     pays for the data earlier ones left in the broker (Tansu keeps every record in memory, uncompacted)."""
-    with EmbeddedBroker() as broker:
-        return measure_on(broker.bootstrap, ck, work, clicks, name, rate, seconds, hold)
-
-
-def measure_on(
-    bootstrap: str,
-    ck: Path | None,
-    work: Path,
-    clicks: list[tuple[str, str]],
-    name: str,
-    rate: float,
-    seconds: float,
-    hold: bool,
-) -> dict:
-    topics = Topics()
     bare = [sys.executable, str(Path(__file__).with_name("bare_agent.py")), "worker"]
-    worker = Worker(
-        bootstrap, topics, ck, work, command=bare if name == BARE else None, NEXTCLICK_DEVICE="cpu"
-    )
-    try:
-        worker.wait_ready()
-        time.sleep(3)
-        run_rate(bootstrap, topics, clicks, 100, 3)  # warm-up
-        before = worker_stats(worker)
-        r = {"model": name, "hold": hold, **run_rate(bootstrap, topics, clicks, rate, seconds)}
-        if name != BARE:  # the bare agent has no metrics
-            r.update(stats_delta(before, worker_stats(worker)))
-    finally:
-        worker.stop()
+    with EmbeddedBroker() as broker:
+        topics = Topics()
+        worker = Worker(
+            broker.bootstrap, topics, ck, work, command=bare if name == BARE else None, NEXTCLICK_DEVICE="cpu"
+        )
+        try:
+            worker.wait_ready()
+            time.sleep(3)
+            run_rate(broker.bootstrap, topics, clicks, 100, 3)  # warm-up
+            before = worker_stats(worker)
+            r = {"model": name, "hold": hold, **run_rate(broker.bootstrap, topics, clicks, rate, seconds)}
+            if name != BARE:  # the bare agent has no metrics
+                r.update(stats_delta(before, worker_stats(worker)))
+        finally:
+            worker.stop()
     print(json.dumps(r), flush=True)
     return r
 
