@@ -1,9 +1,10 @@
 """A bare Faust agent, the floor under `nextclick worker` in `scripts/bench_serve.py --bare`.
 
 Per click: a JSON parse, one table update (one changelog write) and one JSON message out; no validation,
-no batching, no model, no metrics. Same transport, broker settings and topics as the worker
-(`stream.app.base_app`, settings from the environment), so the difference between the two is what the
-pipeline itself costs. This is the kind of agent issue #6 quotes for scale.
+no model, no metrics. Same transport, broker settings and topics as the worker (`stream.app.base_app`,
+settings from the environment), so the difference between the two is what the pipeline itself costs.
+This is the kind of agent issue #6 quotes for scale. With BARE_AGENT_BATCH=1 it takes clicks in batches
+as the worker does (NEXTCLICK_BATCH_SIZE clicks or NEXTCLICK_BATCH_WAIT_MS), one at a time otherwise.
 
     python scripts/bare_agent.py worker --loglevel info
 """
@@ -11,12 +12,13 @@ pipeline itself costs. This is the kind of agent issue #6 quotes for scale.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from faust.types import StreamT
+from faust.types import EventT, StreamT
 
 from stream.app import base_app
 from stream.config import Settings
@@ -28,12 +30,23 @@ answers = app.topic(settings.topic_recommendations, key_serializer="raw", value_
 last_item = app.Table("last-item", default=None, partitions=settings.partitions, key_type=str)
 
 
+async def handle(event: EventT) -> None:
+    click = json.loads(event.value)
+    last_item.data[click["session_id"]] = click["item_id"]
+    last_item.send_changelog(event.message.partition, click["session_id"], click["item_id"])
+    await answers.send(key=event.key, value={"event_id": click["event_id"], "items": [click["item_id"]]})
+
+
 @app.agent(clicks)
 async def answer(stream: StreamT) -> None:
-    async for event in stream.events():
-        click = json.loads(event.value)
-        last_item[click["session_id"]] = click["item_id"]
-        await answers.send(key=event.key, value={"event_id": click["event_id"], "items": [click["item_id"]]})
+    if os.environ.get("BARE_AGENT_BATCH") == "1":
+        within = settings.batch_wait_ms / 1000.0
+        async for events in stream.take_events(settings.batch_size, within=within):
+            for event in events:
+                await handle(event)
+    else:
+        async for event in stream.events():
+            await handle(event)
 
 
 if __name__ == "__main__":

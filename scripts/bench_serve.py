@@ -98,7 +98,8 @@ def main() -> None:
     ap.add_argument(
         "--bare",
         action="store_true",
-        help="also measure scripts/bare_agent.py (one table update + one output per click, no model)",
+        help="also measure scripts/bare_agent.py (one table update + one output per click, no model), "
+        "taking clicks one by one and in batches as the worker does",
     )
     args = ap.parse_args()
 
@@ -108,9 +109,9 @@ def main() -> None:
     clicks = interleave([ids_of(sessions[s], ids) for s in range(len(sessions))], args.concurrent)
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     results = []
-    for name in [BARE] * args.bare + args.models:
+    for name in [BARE, BARE_BATCHED] * args.bare + args.models:
         ck = None
-        if name != BARE:
+        if name not in (BARE, BARE_BATCHED):
             ck = save_checkpoint(make_model(name, data), work / name, fallback=popular_items(data))
         for rate in args.rates:
             results.append(measure(ck, work, clicks, name, rate, args.seconds))
@@ -128,7 +129,7 @@ def main() -> None:
     )
 
 
-BARE = "bare-faust-agent"
+BARE, BARE_BATCHED = "bare-faust-agent", "bare-faust-agent-batched"
 
 
 def measure(
@@ -142,11 +143,13 @@ def measure(
 ) -> dict:
     """One rate against a fresh broker and worker: an overloaded run never slows the next one, and no run
     pays for the data earlier ones left in the broker (Tansu keeps every record in memory, uncompacted)."""
-    bare = [sys.executable, str(Path(__file__).with_name("bare_agent.py")), "worker"]
+    is_bare = name in (BARE, BARE_BATCHED)
+    bare = [sys.executable, str(Path(__file__).with_name("bare_agent.py")), "worker"] if is_bare else None
     with EmbeddedBroker() as broker:
         topics = Topics()
+        batched = "1" if name == BARE_BATCHED else "0"
         worker = Worker(
-            broker.bootstrap, topics, ck, work, command=bare if name == BARE else None, NEXTCLICK_DEVICE="cpu"
+            broker.bootstrap, topics, ck, work, command=bare, NEXTCLICK_DEVICE="cpu", BARE_AGENT_BATCH=batched
         )
         try:
             worker.wait_ready()
@@ -154,7 +157,7 @@ def measure(
             run_rate(broker.bootstrap, topics, clicks, 100, 3)  # warm-up
             before = worker_stats(worker)
             r = {"model": name, "hold": hold, **run_rate(broker.bootstrap, topics, clicks, rate, seconds)}
-            if name != BARE:  # the bare agent has no metrics
+            if not is_bare:  # the bare agent has no metrics
                 r.update(stats_delta(before, worker_stats(worker)))
         finally:
             worker.stop()
