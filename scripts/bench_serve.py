@@ -109,7 +109,7 @@ def main() -> None:
     clicks = interleave([ids_of(sessions[s], ids) for s in range(len(sessions))], args.concurrent)
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     results = []
-    for name in [BARE, BARE_BATCHED] * args.bare + args.models:
+    for name in ([BARE, BARE_BATCHED] if args.bare else []) + args.models:
         ck = None
         if name not in (BARE, BARE_BATCHED):
             ck = save_checkpoint(make_model(name, data), work / name, fallback=popular_items(data))
@@ -147,10 +147,8 @@ def measure(
     bare = [sys.executable, str(Path(__file__).with_name("bare_agent.py")), "worker"] if is_bare else None
     with EmbeddedBroker() as broker:
         topics = Topics()
-        batched = "1" if name == BARE_BATCHED else "0"
-        worker = Worker(
-            broker.bootstrap, topics, ck, work, command=bare, NEXTCLICK_DEVICE="cpu", BARE_AGENT_BATCH=batched
-        )
+        batched = {"BARE_AGENT_BATCH": "1"} if name == BARE_BATCHED else {}
+        worker = Worker(broker.bootstrap, topics, ck, work, command=bare, NEXTCLICK_DEVICE="cpu", **batched)
         try:
             worker.wait_ready()
             time.sleep(3)

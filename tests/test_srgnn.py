@@ -14,7 +14,8 @@ def dense_adjacency(g: SessionGraphs, nodes: range) -> tuple[list, list]:
     """(A_in, A_out) of the sessions whose nodes are `nodes`, as the article writes them."""
     n, first = len(nodes), nodes.start
     a_in, a_out = torch.zeros(n, n), torch.zeros(n, n)
-    for s, d, w_in, w_out in zip(g.src, g.dst, g.in_weight, g.out_weight, strict=True):
+    edges = zip(g.src.tolist(), g.dst.tolist(), g.in_weight.tolist(), g.out_weight.tolist(), strict=True)
+    for s, d, w_in, w_out in edges:
         if s in nodes:
             a_in[d - first, s - first] = w_in
             a_out[s - first, d - first] = w_out

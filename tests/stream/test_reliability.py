@@ -86,8 +86,23 @@ def _histories_differing(bootstrap: str, topics: Topics, load: Load) -> dict[str
     return out
 
 
-def _lost(unanswered: set[str], differing: dict[str, str]) -> str:
-    return f"unanswered {sorted(unanswered)[:20]}; histories differing {differing}"
+def _assert_nothing_lost(
+    bootstrap: str, topics: Topics, load: Load, recs, events: set[str], scenario: str, **figures: object
+) -> None:
+    """Reports the scenario's figures with its delivery, then fails on any click never answered or any
+    session whose stored history differs from what was sent to it."""
+    differing = _histories_differing(bootstrap, topics, load)
+    unanswered, delivery = _delivery(recs, events)
+    report(scenario, **figures, **delivery, sessions_differing=len(differing))
+    assert not unanswered and not differing, (
+        f"unanswered {sorted(unanswered)[:20]}; histories differing {differing}"
+    )
+
+
+def _answers_to(bootstrap: str, topics: Topics, load: Load, **collect_kw: float) -> tuple[set[str], list]:
+    """The event ids of every click the load sent, and the recommendations that answer them."""
+    events = {e for e, *_ in load.sent}
+    return events, collect(bootstrap, topics.recommendations, len(events), events=events, **collect_kw)
 
 
 def _wait_until_consumed(worker: Worker, load: Load, timeout: float = 30.0) -> None:
@@ -188,8 +203,7 @@ def test_kill_9_under_load_loses_no_click_and_no_history(bootstrap, topics, serv
             again.wait_ready()
             ready = time.time()
             time.sleep(4)
-        events = {e for e, *_ in load.sent}
-        recs = collect(bootstrap, topics.recommendations, len(events), events=events)
+        events, recs = _answers_to(bootstrap, topics, load)
     finally:
         worker.stop()
         if again is not None:
@@ -224,23 +238,16 @@ def test_the_surviving_worker_takes_over_a_killed_workers_partitions(
             a.stop(signal.SIGKILL)
             killed = time.time()
             _wait_until_consumed(b, load)
-        events = {e for e, *_ in load.sent}
-        recs = collect(bootstrap, topics.recommendations, len(events), events=events)
+        events, recs = _answers_to(bootstrap, topics, load)
         assert b.proc.poll() is None
     finally:
         a.stop()
         b.stop()
-    differing = _histories_differing(bootstrap, topics, load)
-    unanswered, delivery = _delivery(recs, events)
     waits = _waits(recs, load.sent, killed)
-    report(
-        "failover after kill -9 of one of two workers",
-        rate=80,
-        **delivery,
-        takeover_s=round(max(waits), 1),
-        sessions_differing=len(differing),
-    )
-    assert not unanswered and not differing, _lost(unanswered, differing)
+    _assert_nothing_lost(
+        bootstrap, topics, load, recs, events, "failover after kill -9 of one of two workers",
+        rate=80, takeover_s=round(max(waits), 1),
+    )  # fmt: skip
     assert max(waits) < 20  # the dead member's session (6 s) expires, the group rebalances, B serves
 
 
@@ -265,22 +272,15 @@ def test_workers_joining_and_leaving_under_load_lose_no_click_and_no_history(
                 b.stop(how)
                 time.sleep(8 if how == signal.SIGKILL else 4)  # a killed member is noticed after 6 s
             _wait_until_consumed(a, load)
-        events = {e for e, *_ in load.sent}
-        recs = collect(bootstrap, topics.recommendations, len(events), events=events)
+        events, recs = _answers_to(bootstrap, topics, load)
         assert a.proc.poll() is None
     finally:
         a.stop()
         for b in joiners:
             b.stop()
-    differing = _histories_differing(bootstrap, topics, load)
-    unanswered, delivery = _delivery(recs, events)
-    report(
-        "group churn: 3 joins and 3 leaves under load",
-        rate=100,
-        **delivery,
-        sessions_differing=len(differing),
+    _assert_nothing_lost(
+        bootstrap, topics, load, recs, events, "group churn: 3 joins and 3 leaves under load", rate=100
     )
-    assert not unanswered and not differing, _lost(unanswered, differing)
 
 
 # -- a frozen broker -------------------------------------------------------------------------------------
@@ -308,8 +308,7 @@ def test_a_broker_frozen_for_10_s_loses_nothing_and_everyone_recovers(served_che
                 os.kill(broker.proc.pid, signal.SIGCONT)
                 resumed = time.time()
                 time.sleep(8)
-            events = {e for e, *_ in load.sent}
-            recs = collect(bootstrap, topics.recommendations, len(events), events=events, timeout=90)
+            events, recs = _answers_to(bootstrap, topics, load, timeout=90)
             # a session closes once a batch takes it to 8 clicks or more (the batch after the stall is big)
             closed = {}  # at-least-once: a repeated closure is dropped by the trainer's log the same way
             for r in collect(bootstrap, topics.sessions, 0, settle=3.0):
@@ -422,8 +421,7 @@ def test_a_trainer_killed_mid_training_or_mid_publish_publishes_nothing(
             assert done.wait(timeout=120) == 0, log3.read_text()[-2000:]
             assert registry.latest() == "v000002" and not list(registry.root.glob(".v*"))
             time.sleep(3)
-        events = {e for e, *_ in load.sent}
-        recs = collect(bootstrap, topics.recommendations, len(events), events=events)
+        events, recs = _answers_to(bootstrap, topics, load)
         failures = worker.metric("nextclick_model_load_failures_total")
     finally:
         worker.stop()
