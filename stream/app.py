@@ -25,7 +25,12 @@ the changelog once per batch, not once per click.
 
 Embedded broker. Tansu reports a wrong end offset for multi-record batches, which cuts Faust's table
 recovery short; `Pipeline._catch_up` reads each newly assigned changelog partition to its real end before
-the partition's first click is answered (see its docstring).
+the partition's first click is answered (see its docstring). It runs only where the broker is recognised
+as Tansu; Apache Kafka's own recovery is exact.
+
+Topics. The worker creates the topics it reads and writes, with `partitions` and `replication_factor`,
+and the table's changelog compacted (Faust's default for a table: only each session's last state is
+kept); NEXTCLICK_CREATE_TOPICS=0 leaves that to an operator (README, "Topics on a locked-down cluster").
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from typing import Any
 
 from faust.types import EventT, StreamT
 
+from stream.broker import is_tansu
 from stream.changelog import read_changelog
 from stream.clicks import Click, InvalidClick, parse_click
 from stream.clients import faust_credentials
@@ -61,8 +67,14 @@ class Pipeline:
         self._caught_up: set[int] = set()
         self.max_event_time = 0.0
         s = settings
+        # internal=True: Faust creates the topic it subscribes to (with the partitions and replication
+        # factor set here) when it is missing, before the consumer joins; the outputs are created in start()
         self.clicks = app.topic(
-            s.topic_clicks, key_serializer="raw", value_serializer="raw", partitions=s.partitions
+            s.topic_clicks,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=s.partitions,
+            internal=True,
         )
         self.recommendations = app.topic(
             s.topic_recommendations, key_serializer="raw", value_serializer="json", partitions=s.partitions
@@ -84,6 +96,10 @@ class Pipeline:
     async def start(self) -> None:
         s = self.settings
         self.metrics.serve(s.metrics_port, s.metrics_addr)
+        for topic in (self.recommendations, self.dlq, self.sessions_out):
+            await (
+                topic.maybe_declare()
+            )  # a no-op with NEXTCLICK_CREATE_TOPICS=0 (Faust's topic_allow_declare)
         load = functools.partial(load_verified, device=s.device, k=s.k, bf16=s.score_bf16)
         if s.checkpoint:
             served = await self.app.loop.run_in_executor(None, load, s.checkpoint)
@@ -288,7 +304,7 @@ class Pipeline:
         if not todo:
             return
         self._caught_up |= todo
-        if not self.settings.changelog_catchup:
+        if not await self._catch_up_needed():
             return
         topic = self.table.changelog_topic.get_topic_name()
         try:
@@ -307,6 +323,16 @@ class Pipeline:
         log.info(
             "changelog catch-up of partitions %s: %d sessions beyond Faust's recovery", sorted(todo), restored
         )
+
+    async def _catch_up_needed(self) -> bool:
+        """NEXTCLICK_CHANGELOG_CATCHUP=1 / 0 decide; left at auto, only a broker recognised as Tansu gets
+        the repair (`stream.broker.is_tansu`, asked once)."""
+        if self.settings.changelog_catchup is None:
+            tansu = await self.app.loop.run_in_executor(None, is_tansu, self.settings.bootstrap)
+            self.settings.changelog_catchup = tansu
+            log.info("broker %s Tansu: changelog catch-up %s", "is" if tansu else "is not",
+                     "on" if tansu else "off")  # fmt: skip
+        return self.settings.changelog_catchup
 
     def _evaluate_online(self, recs: list[str], item: str) -> None:
         k = self.settings.k
@@ -354,6 +380,8 @@ def base_app(s: Settings) -> App:
         broker=f"kafka://{s.bootstrap}",
         store="memory://",
         topic_partitions=s.partitions,
+        topic_replication_factor=s.replication_factor,
+        topic_allow_declare=s.create_topics,
         broker_session_timeout=6.0,
         broker_heartbeat_interval=1.0,
         # a request the broker never answers is retried after this, not after Faust's 90 s (an unanswered

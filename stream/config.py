@@ -4,7 +4,8 @@ The defaults suit a laptop with the embedded broker. The broker-facing ones come
 embedded Tansu broker (../shared/notes/embedded-broker.md): a 6 s session timeout and 1 s heartbeat make a
 restarted worker rejoin in seconds instead of ~30 s, a 20 ms fetch wait avoids ~1 s per hop, and
 `changelog_catchup` repairs what Tansu's wrong end offset for multi-record batches cuts from Faust's table
-recovery (see `stream.app.Pipeline._catch_up`). An earlier workaround, one record per produced batch,
+recovery (see `stream.app.Pipeline._catch_up`); left at auto it runs only where the broker is recognised as
+Tansu (`stream.broker.is_tansu`), never on Apache Kafka. An earlier workaround, one record per produced batch,
 capped a worker below 250 clicks/s: aiokafka then waits for each record's delivery before the next one to
 the same partition.
 """
@@ -21,7 +22,8 @@ def _env(name: str, default: Any, kind: type = str) -> Any:
     if raw is None or raw == "":
         return default
     if kind is bool:
-        return raw.strip().lower() in ("1", "true", "yes", "on")
+        word = raw.strip().lower()
+        return None if word == "auto" else word in ("1", "true", "yes", "on")
     return kind(raw)
 
 
@@ -34,7 +36,9 @@ class Settings:
     topic_dlq: str = "clicks-dlq"
     topic_sessions: str = "sessions"
     topic_model_updates: str = "model-updates"
-    partitions: int = 4
+    partitions: int = 4  # of the topics the worker creates (clicks, outputs, the table's changelog)
+    replication_factor: int = 1  # of the topics the worker creates: 3 on a production cluster
+    create_topics: bool = True  # False on a cluster where the topics are created by hand (README)
     checkpoint: str | None = None
     registry: str | None = None
     k: int = 20
@@ -47,7 +51,7 @@ class Settings:
     fetch_wait_ms: int = 10
     producer_linger_ms: float = 0.0  # how long the producer gathers records into one request (Faust: 0)
     request_timeout: float = 15.0  # seconds before a broker request is given up and retried (Faust: 90)
-    changelog_catchup: bool = True
+    changelog_catchup: bool | None = None  # None = auto: on for the embedded Tansu only (stream.broker)
     max_message_bytes: int = 64 * 1024
     max_id_length: int = 256
     max_future_seconds: float = 86400.0  # a timestamp further ahead of the wall clock is invalid
@@ -69,6 +73,8 @@ class Settings:
             topic_sessions=_env("NEXTCLICK_TOPIC_SESSIONS", cls.topic_sessions),
             topic_model_updates=_env("NEXTCLICK_TOPIC_MODEL_UPDATES", cls.topic_model_updates),
             partitions=_env("NEXTCLICK_PARTITIONS", cls.partitions, int),
+            replication_factor=_env("NEXTCLICK_REPLICATION_FACTOR", cls.replication_factor, int),
+            create_topics=_env("NEXTCLICK_CREATE_TOPICS", cls.create_topics, bool),
             checkpoint=_env("NEXTCLICK_CHECKPOINT", None),
             registry=_env("NEXTCLICK_REGISTRY", None),
             k=_env("NEXTCLICK_K", cls.k, int),

@@ -32,7 +32,10 @@ in offset order.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping
+from time import monotonic
 from typing import Any
 
 import aiokafka
@@ -40,6 +43,8 @@ import faust
 from faust.transport.consumer import RecordMap
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP, Message
+
+log = logging.getLogger("nextclick.transport")
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):
@@ -58,6 +63,30 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
         """Faust's rebalance handling, recovery and the seek included, runs inside this call."""
         self.unsought |= {tp for tp in assigned if not self.consumer._is_changelog_tp(tp)}
         await super().on_partitions_assigned(assigned, generation_id)
+
+    async def subscribe(self, topics: Iterable[str]) -> None:
+        await super().subscribe(topics)
+        await self.call_thread(self._watch_for_topics, set(topics))
+
+    async def _watch_for_topics(self, topics: set[str]) -> None:
+        asyncio.get_running_loop().create_task(self._until_topics_known(topics))
+
+    async def _until_topics_known(self, topics: set[str], timeout: float = 60.0) -> None:
+        """Refresh the metadata until every subscribed topic is in it.
+
+        Faust creates the clicks topic right before it subscribes; on Apache Kafka the group's first join
+        can still use metadata without it ("Ignoring missing topic"), and aiokafka looks again only after
+        metadata_max_age_ms (5 minutes), serving nothing meanwhile. The metadata change makes aiokafka's
+        group coordinator rejoin with the topic's partitions."""
+        client = self._ensure_consumer()._client
+        deadline = monotonic() + timeout
+        while not topics <= client.cluster.topics():
+            if monotonic() > deadline:
+                log.warning("topics %s are still missing; create them (README: topics on a locked-down "
+                            "cluster); the worker looks again every 5 minutes", sorted(topics - client.cluster.topics()))  # fmt: skip
+                return
+            await asyncio.sleep(0.25)
+            await client.force_metadata_update()
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         return await self.call_thread(self._seek_to_committed)

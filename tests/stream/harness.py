@@ -1,7 +1,9 @@
 """Real brokers and real worker processes for the integration tests (no mocked Kafka anywhere).
 
-Broker choice, in order: KAFKA_BOOTSTRAP if set; testcontainers' Kafka if a Docker daemon answers; else
-the embedded Tansu broker on a free port.
+Broker choice, in order: KAFKA_BOOTSTRAP if set; testcontainers' Kafka if a Docker daemon answers; the
+local Apache Kafka (`nextclick broker --engine kafka`'s) when Java and its jars are there
+(scripts/install_kafka.sh); else the embedded Tansu broker. NEXTCLICK_TEST_BROKER=tansu|kafka picks one
+of the last two by name (RELIABILITY.md's figures on both brokers come from that).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -21,26 +24,47 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from stream.broker import EmbeddedBroker, free_port
+from stream.broker import EmbeddedBroker, KafkaBroker, LocalBroker, free_port, kafka_available
 from stream.clients import consumer, producer
 from stream.demo import scrape
 from stream.processes import stop_group
 
 
+def docker_answers() -> bool:
+    return (
+        bool(shutil.which("docker"))
+        and subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+    )
+
+
 @contextlib.contextmanager
 def any_broker() -> Iterator[str]:
-    if os.environ.get("KAFKA_BOOTSTRAP"):
+    chosen = os.environ.get("NEXTCLICK_TEST_BROKER")
+    if os.environ.get("KAFKA_BOOTSTRAP") and not chosen:
         yield os.environ["KAFKA_BOOTSTRAP"]
         return
-    if shutil.which("docker") and subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
-        with contextlib.suppress(ImportError):
-            from testcontainers.kafka import KafkaContainer
+    if not chosen and docker_answers():
+        from testcontainers.kafka import KafkaContainer
 
-            with KafkaContainer() as kafka:
-                yield kafka.get_bootstrap_server()
-                return
-    with EmbeddedBroker() as broker:
+        with KafkaContainer() as kafka:
+            yield kafka.get_bootstrap_server()
+            return
+    with local_broker(chosen or ("kafka" if kafka_available() else "tansu")) as broker:
         yield broker.bootstrap
+
+
+@contextlib.contextmanager
+def local_broker(engine: str) -> Iterator[LocalBroker]:
+    """A broker of our own (one a test may kill, freeze or restart): Apache Kafka in a fresh temporary
+    data folder, or Tansu."""
+    if engine == "kafka" and not kafka_available():
+        import pytest
+
+        pytest.skip("no local Apache Kafka (Java and scripts/install_kafka.sh)")
+    with tempfile.TemporaryDirectory(prefix="nextclick-kafka-") as data:
+        broker = KafkaBroker(data) if engine == "kafka" else EmbeddedBroker()
+        with broker:
+            yield broker
 
 
 class Topics:
