@@ -87,6 +87,7 @@ class LocalBroker:
     """One broker process on 127.0.0.1:port; subclasses say how to start it."""
 
     name = "broker"
+    storage = "in memory"
 
     def __init__(self, port: int | None = None, log_path: str | Path | None = None) -> None:
         self.port = port or free_port()
@@ -242,6 +243,10 @@ class KafkaBroker(LocalBroker):
     @property
     def log_dir(self) -> Path:
         return self.data_dir / "logs"
+
+    @property
+    def storage(self) -> str:  # type: ignore[override]
+        return f"log dirs in {self.log_dir}"
 
     def _java(self) -> str:
         java = java_binary()

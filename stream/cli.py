@@ -107,10 +107,10 @@ def cmd_broker(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from stream.broker import EmbeddedBroker
+    from stream.broker import local_broker
 
-    broker = EmbeddedBroker(args.port).start()
-    print(f"embedded broker (Tansu, in memory) on {broker.bootstrap}; Ctrl-C stops it", flush=True)
+    broker = local_broker(args.engine, args.port, data_dir=args.data_dir).start()
+    print(f"{broker.name} broker on {broker.bootstrap} ({broker.storage}); Ctrl-C stops it", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
@@ -249,6 +249,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             data=args.data,
             metrics_port=args.metrics_port,
             workdir=args.workdir,
+            engine=args.engine,
             quiet=args.quiet,
         )
     )
@@ -314,8 +315,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=500)
     e.set_defaults(func=cmd_eval)
 
-    b = sub.add_parser("broker", help="start the embedded Kafka-compatible broker (Tansu, in memory)")
+    b = sub.add_parser("broker", help="start a local broker: the embedded Tansu or Apache Kafka")
     b.add_argument("--port", type=int, default=9092)
+    b.add_argument(
+        "--engine",
+        choices=["tansu", "kafka"],
+        default="tansu",
+        help="tansu: embedded, in memory, pip only (default); kafka: Apache Kafka (KRaft) from the jars of "
+        "scripts/install_kafka.sh, needs Java",
+    )
+    b.add_argument(
+        "--data-dir",
+        default=".nextclick/kafka",
+        help="kafka: log dirs and config here (kept across restarts)",
+    )
     b.set_defaults(func=cmd_broker)
 
     w = sub.add_parser("worker", help="the streaming worker (a Faust worker)")
@@ -373,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", help="replay this data set instead of the synthetic stream")
     d.add_argument("--metrics-port", type=int, default=9100, help="the worker's /metrics port (0 = any free)")
     d.add_argument("--workdir", help="keep registry, session log and logs here (default: a temp folder)")
+    d.add_argument(
+        "--engine", choices=["tansu", "kafka"], default="tansu", help="the demo's broker (see broker)"
+    )
     d.add_argument("--json", action="store_true", help="last stdout line is the summary as one JSON object")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)

@@ -71,13 +71,16 @@ def require_broker(bootstrap: str) -> None:
     raise UserError(f"no Kafka broker answers at {bootstrap} (start one with: nextclick broker)")
 
 
-def producer(bootstrap: str) -> Any:
+def producer(bootstrap: str, idempotent: bool = False) -> Any:
+    """`idempotent`: acks from every in-sync replica and no duplicates from retries (what a producer that
+    must survive a broker restart needs); otherwise acks=1, the leader's."""
     from kafka import KafkaProducer
     from kafka.errors import KafkaError
 
     require_broker(bootstrap)
+    acks: dict[str, Any] = {"acks": "all", "enable_idempotence": True} if idempotent else {"acks": 1}
     try:
-        return KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1, **security_settings())
+        return KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, **acks, **security_settings())
     except KafkaError as exc:
         raise UserError(f"cannot connect to Kafka at {bootstrap}: {exc}") from None
 

@@ -1,6 +1,7 @@
 """`nextclick demo`: the whole product on one machine, from an empty folder to a hot-swapped model.
 
-1. starts the embedded broker (Tansu) on a free port;
+1. starts a broker of its own on a free port: the embedded Tansu (`--engine tansu`, the default: pip only) or
+   Apache Kafka (`--engine kafka`: Java and scripts/install_kafka.sh), its log dirs in the working folder;
 2. trains a first model (GRU4Rec, one epoch) on a synthetic click history, publishes it as v000001 to a
    fresh registry and writes that history into the trainer's session log;
 3. starts `nextclick worker --registry` and `nextclick trainer` as child processes (the same commands an
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.broker import EmbeddedBroker, free_port
+from stream.broker import free_port, local_broker
 from stream.clients import click_events, consumer, producer
 from stream.processes import stop_group
 
@@ -50,6 +51,7 @@ class DemoOptions:
     metrics_port: int = 9100
     trainer_metrics_port: int = 0
     workdir: str | None = None
+    engine: str = "tansu"
     swap_timeout: float = 90.0
     malformed_every: int = 250  # one malformed message per this many clicks (0 = none)
     quiet: bool = False
@@ -159,10 +161,10 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
 
     for s in previous:
         signal.signal(s, interrupt)
-    broker = EmbeddedBroker(free_port())
+    broker = local_broker(opts.engine, free_port(), data_dir=work / "kafka")
     try:
         broker.start()
-        say(f"embedded broker on {broker.bootstrap}; working folder {work}")
+        say(f"{broker.name} broker on {broker.bootstrap}; working folder {work}")
         registry, log_dir = work / "registry", work / "session-log"
         say("training the first model (GRU4Rec, 1 epoch on a synthetic history) ...")
         first_model(registry, log_dir)

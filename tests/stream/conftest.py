@@ -2,13 +2,31 @@ from __future__ import annotations
 
 import pytest
 
-from tests.stream.harness import Topics, any_broker
+from stream.broker import is_tansu
+from tests.stream.harness import Topics, any_broker, local_broker
 
 
 @pytest.fixture(scope="session")
 def bootstrap():
+    """The suite's broker (harness.any_broker): Apache Kafka wherever Java and its jars are there."""
     with any_broker() as servers:
         yield servers
+
+
+@pytest.fixture(scope="session")
+def tansu_bootstrap(bootstrap):
+    """The embedded Tansu, the zero-setup default of `nextclick demo` and `nextclick broker`, for the
+    smoke tests that run on it besides the suite's broker (skipped where that is Tansu already)."""
+    if is_tansu(bootstrap):
+        pytest.skip("the suite's broker is Tansu already")
+    with local_broker("tansu") as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture(params=["suite-broker", "tansu"])
+def smoke_bootstrap(request):
+    """For the smoke subset: the suite's broker, then the embedded Tansu."""
+    return request.getfixturevalue("bootstrap" if request.param == "suite-broker" else "tansu_bootstrap")
 
 
 @pytest.fixture()

@@ -245,9 +245,18 @@ class Load:
     """Clicks at a steady rate over a fixed set of sessions from a background thread, each remembered with
     its send time, so a fault scenario can tell which clicks were answered, twice or never."""
 
-    def __init__(self, bootstrap: str, topic: str, items: list[str], sessions: int = 40, rate: float = 80.0):
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        items: list[str],
+        sessions: int = 40,
+        rate: float = 80.0,
+        idempotent: bool = False,
+    ):
+        """`idempotent`: a producer whose retries across a broker restart cannot write a click twice."""
         self.bootstrap, self.topic, self.items = bootstrap, topic, items
-        self.sessions, self.rate = sessions, rate
+        self.sessions, self.rate, self.idempotent = sessions, rate, idempotent
         self.sent: list[tuple[str, str, str, float]] = []  # (event id, session, item, wall time sent)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -264,7 +273,7 @@ class Load:
         self._thread.join()
 
     def _run(self) -> None:
-        prod = producer(self.bootstrap)
+        prod = producer(self.bootstrap, idempotent=self.idempotent)
         rng = random.Random(11)
         i = 0
         started = time.monotonic()

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from stream.broker import port_open
+from stream.broker import kafka_available, port_open
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,10 @@ def _leftovers(marker: str) -> list[str]:
     return [line for line in out.splitlines() if "pgrep" not in line]
 
 
-def test_demo_answers_every_valid_click_swaps_a_model_and_reports_online_accuracy(tmp_path):
+@pytest.mark.parametrize("engine", ["tansu", "kafka"])
+def test_demo_answers_every_valid_click_swaps_a_model_and_reports_online_accuracy(engine, tmp_path):
+    if engine == "kafka" and not kafka_available():
+        pytest.skip("no local Apache Kafka (Java and scripts/install_kafka.sh)")
     work = tmp_path / "demo"
     proc = subprocess.run(
         [
@@ -38,6 +41,8 @@ def test_demo_answers_every_valid_click_swaps_a_model_and_reports_online_accurac
             "0",
             "--workdir",
             str(work),
+            "--engine",
+            engine,
         ],
         capture_output=True,
         text=True,
@@ -87,13 +92,18 @@ def test_ctrl_c_stops_every_process_and_frees_the_ports(tmp_path):
     broker_port = None
     deadline = time.monotonic() + 120
     lines = []
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        lines.append(line)
-        if "embedded broker on" in line:
-            broker_port = int(line.split("127.0.0.1:")[1].split(";")[0])
-        if line.startswith("[") and "clicks" in line:  # streaming: broker, worker and trainer all up
-            break
+    try:
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            lines.append(line)
+            if "broker on 127.0.0.1:" in line:  # the default: the embedded Tansu
+                broker_port = int(line.split("127.0.0.1:")[1].split(";")[0])
+            if line.startswith("[") and "clicks" in line:  # streaming: broker, worker and trainer all up
+                break
+    finally:
+        if broker_port is None:  # the demo never got going: stop it anyway, it must not outlive the test
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
     assert broker_port, "".join(lines)
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=60)

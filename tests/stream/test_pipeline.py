@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from model.checkpoint import load_checkpoint
-from tests.stream.harness import Worker, click, collect, group_positions, send
+from stream.broker import is_tansu
+from tests.stream.harness import Worker, click, collect, group_positions, local_broker, send
 
 pytestmark = pytest.mark.slow
 
@@ -35,8 +36,9 @@ def _by_event(records) -> dict[str, list[dict]]:
 
 
 def test_every_valid_click_is_answered_once_in_order_and_bad_ones_go_to_the_dlq(
-    bootstrap, topics, served_checkpoint, tmp_path
+    smoke_bootstrap, topics, served_checkpoint, tmp_path
 ):
+    bootstrap = smoke_bootstrap
     model, _ = load_checkpoint(served_checkpoint)
     vocab = model.vocab.ids[1:]
     clicks = [*_clicks(20, 8, vocab), ("s0", "never-seen-item", "s0-unknown")]
@@ -86,13 +88,14 @@ def test_every_valid_click_is_answered_once_in_order_and_bad_ones_go_to_the_dlq(
     assert {r.value for r in dlq} == {v for _, v in bad}  # the original bytes, untouched
 
 
-def test_a_restarted_worker_recovers_every_session_history(bootstrap, topics, served_checkpoint, tmp_path):
-    """A burst of updates, a restart, then one more click per session: each answer must equal the model's
-    answer for the session's whole history (catches a truncated table recovery)."""
-    model, _ = load_checkpoint(served_checkpoint)
+def _restart(bootstrap, topics, checkpoint, tmp_path, **env: str) -> tuple[dict[str, list[dict]], float]:
+    """A burst of updates, a restart, then one more click per session (sent at once). Returns, per session,
+    the answers to its last click that differ from the model's answer for its whole history (a session
+    whose recovered history lost clicks), and the time from the restart to the last answer."""
+    model, _ = load_checkpoint(checkpoint)
     vocab = model.vocab.ids[1:]
     burst = _clicks(30, 12, vocab, seed=1)
-    worker = Worker(bootstrap, topics, served_checkpoint, tmp_path)
+    worker = Worker(bootstrap, topics, checkpoint, tmp_path, **env)
     try:
         worker.wait_ready()
         send(bootstrap, topics.clicks, [click(s, i, e) for s, i, e in burst])
@@ -103,7 +106,7 @@ def test_a_restarted_worker_recovers_every_session_history(bootstrap, topics, se
         worker.stop()
 
     restarted = time.monotonic()
-    again = Worker(bootstrap, topics, served_checkpoint, tmp_path)
+    again = Worker(bootstrap, topics, checkpoint, tmp_path, **env)
     try:
         final = _clicks(30, 1, vocab, seed=2)
         send(bootstrap, topics.clicks, [click(s, i, e + "-after") for s, i, e in final])  # sent at once
@@ -125,18 +128,56 @@ def test_a_restarted_worker_recovers_every_session_history(bootstrap, topics, se
     assert not missing, (
         f"{len(missing)} unanswered, {len(recs)} seen; worker {seen}; {positions}: " + again.log_tail(1500)
     )
-    assert restart_to_answers < 20.0  # seconds, not the ~30 s stall of Faust's defaults on this broker
     history = defaultdict(list)
     for s, i, _ in burst + final:
         history[s].append(i)
+    wrong = {}
     for s, _, e in final:
         got = recs[e + "-after"]
         # at-least-once: a click redelivered after the restart may be answered twice, never differently
         assert 1 <= len(got) <= 2
         known = model.vocab.lookup(history[s])
         want, _ = model.recommend([known[known >= 1][-50:]], k=20)
-        for answer in got:
-            assert answer["items"] == model.vocab.decode(want[0].tolist()), f"session {s} lost history"
+        differing = [a for a in got if a["items"] != model.vocab.decode(want[0].tolist())]
+        if differing:
+            wrong[s] = differing
+    return wrong, restart_to_answers
+
+
+def test_a_restarted_worker_recovers_every_session_history(
+    smoke_bootstrap, topics, served_checkpoint, tmp_path
+):
+    """Each answer after the restart must equal the model's answer for the session's whole history (catches
+    a truncated table recovery), with the broker repair left as the worker chooses it."""
+    bootstrap = smoke_bootstrap
+    wrong, seconds = _restart(bootstrap, topics, served_checkpoint, tmp_path)
+    assert not wrong, f"sessions that lost history: {sorted(wrong)}"
+    assert seconds < 20.0  # seconds, not the ~30 s stall of Faust's defaults on this broker
+    # the repair switched itself: on for Tansu, off for Apache Kafka, nothing set by the test
+    choice = "on" if is_tansu(bootstrap) else "off"
+    logs = [log.read_text(errors="replace") for log in tmp_path.glob("worker-*.log")]
+    assert len(logs) == 2 and all(f"changelog catch-up {choice}" in log for log in logs)
+
+
+@pytest.mark.parametrize("engine", ["tansu", "kafka"])
+def test_the_changelog_catch_up_is_needed_on_tansu_and_not_on_kafka(
+    engine, topics, served_checkpoint, tmp_path
+):
+    """Both sides of `Pipeline._catch_up`, with the repair forced off: on Tansu (its end offset is wrong for
+    multi-record batches) Faust's own recovery loses the last clicks of some sessions; on Apache Kafka it
+    loses nothing. And left at auto, the worker recognises which broker it is on."""
+    with local_broker(engine) as broker:
+        wrong, _ = _restart(
+            broker.bootstrap, topics, served_checkpoint, tmp_path, NEXTCLICK_CHANGELOG_CATCHUP="0"
+        )
+        assert is_tansu(broker.bootstrap) == (engine == "tansu")
+    print(f"{engine}, catch-up off: {len(wrong)} of 30 sessions lost clicks at the restart")
+    if engine == "tansu":
+        assert wrong, (
+            "Tansu's recovery lost nothing: has its end-offset bug been fixed? (then drop the repair)"
+        )
+    else:
+        assert not wrong, f"Apache Kafka's recovery lost history of {sorted(wrong)}"
 
 
 def test_two_workers_share_the_partitions_and_answer_every_click_once(

@@ -24,12 +24,11 @@ from model.checkpoint import load_checkpoint
 from model.registry import Registry
 from model.sessionlog import SessionLog
 from model.synthetic import item_id, synthetic_sessions
-from stream.broker import EmbeddedBroker
 from stream.changelog import read_changelog
 from stream.config import Settings
 from stream.demo import scrape, serving_version
 from tests.hostile import EXTRAS, KINDS, hostile_message
-from tests.stream.harness import Load, Topics, Worker, collect, send, start_trainer
+from tests.stream.harness import Load, Topics, Worker, collect, local_broker, send, start_trainer
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
@@ -283,14 +282,15 @@ def test_workers_joining_and_leaving_under_load_lose_no_click_and_no_history(
     )
 
 
-# -- a frozen broker -------------------------------------------------------------------------------------
-def test_a_broker_frozen_for_10_s_loses_nothing_and_everyone_recovers(served_checkpoint, tmp_path):
-    """Its own embedded broker (the only one a test may freeze), a worker and the trainer's session log."""
+# -- broker faults: a broker of the test's own, the only one a test may freeze or kill ---------------------
+@pytest.mark.parametrize("engine", ["tansu", "kafka"])
+def test_a_broker_frozen_for_10_s_loses_nothing_and_everyone_recovers(engine, served_checkpoint, tmp_path):
+    """A broker of its own, a worker and the trainer's session log."""
     model, meta = load_checkpoint(served_checkpoint)
     registry = Registry(tmp_path / "registry")
     registry.publish(model, fallback=meta["fallback"])
     topics = Topics()
-    with EmbeddedBroker() as broker:
+    with local_broker(engine) as broker:
         bootstrap = broker.bootstrap
         worker = Worker(
             bootstrap, topics, None, tmp_path, registry=registry.root, NEXTCLICK_MAX_SESSION_LENGTH="8"
@@ -327,6 +327,7 @@ def test_a_broker_frozen_for_10_s_loses_nothing_and_everyone_recovers(served_che
     unanswered, delivery = _delivery(recs, events)
     report(
         "broker frozen (SIGSTOP) for 10 s",
+        broker=engine,
         rate=50,
         **delivery,
         longest_wait_s=round(max(_waits(recs, load.sent, 0.0)), 1),
@@ -340,6 +341,40 @@ def test_a_broker_frozen_for_10_s_loses_nothing_and_everyone_recovers(served_che
         still_open = (stored.get(session) or {}).get("items", [])
         assert [i for piece in pieces for i in piece] + still_open == items, f"session {session} lost clicks"
     assert len(closed) >= 30 and logged.count() == len(closed)  # every closed session reached the trainer
+
+
+def test_a_kafka_broker_killed_under_load_and_restarted_on_its_log_dirs_loses_nothing(
+    served_checkpoint, tmp_path
+):
+    """Apache Kafka `kill -9`ed under load (nothing flushed, no goodbye to any client) and started again on
+    the same log dirs and port: the worker's consumer group, its committed offsets and the session table's
+    changelog come back from disk; every click is answered and every history is exact. (Tansu keeps nothing
+    across a restart, so this is Kafka's alone.) The load's producer is idempotent, as any producer that
+    must ride out a broker restart should be: its retries then cannot write a click twice."""
+    model, _ = load_checkpoint(served_checkpoint)
+    topics = Topics()
+    with local_broker("kafka") as broker:
+        bootstrap = broker.bootstrap
+        worker = Worker(bootstrap, topics, served_checkpoint, tmp_path)
+        try:
+            worker.wait_ready()
+            load = Load(bootstrap, topics.clicks, model.vocab.ids[1:], sessions=40, rate=80, idempotent=True)
+            with load:
+                time.sleep(4)
+                broker.kill()
+                killed = time.time()
+                broker.start()
+                back = time.time()
+                time.sleep(8)
+            events, recs = _answers_to(bootstrap, topics, load, timeout=90)
+            assert worker.proc.poll() is None, worker.log_tail()
+        finally:
+            worker.stop()
+        waits = _waits(recs, load.sent, killed)
+        _assert_nothing_lost(
+            bootstrap, topics, load, recs, events, "Apache Kafka broker kill -9 under load, restarted",
+            rate=80, broker_down_s=round(back - killed, 1), longest_wait_s=round(max(waits), 1),
+        )  # fmt: skip
 
 
 # -- trainer faults --------------------------------------------------------------------------------------
