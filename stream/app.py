@@ -388,7 +388,7 @@ def base_app(s: Settings) -> App:
         # fetch is reported against Tansu upstream; not proven here to be behind the restart stall)
         broker_request_timeout=s.request_timeout,
         producer_linger_ms=s.producer_linger_ms,
-        processing_guarantee="at_least_once",
+        processing_guarantee=s.processing_guarantee,
         consumer_auto_offset_reset="earliest",
         datadir=s.data_dir,
         web_enabled=bool(s.web_port),

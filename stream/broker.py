@@ -281,9 +281,12 @@ class KafkaBroker(LocalBroker):
         java = self._java()
         config = self._configure()
         if not (self.log_dir / "meta.properties").exists():
+            # the = form: a base64 id may start with "-", which an option parser reads as a flag
             cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             formatted = subprocess.run(
-                self._jvm(java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)),
+                self._jvm(
+                    java, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(config)
+                ),
                 capture_output=True,
                 text=True,
             )

@@ -215,6 +215,17 @@ def collect(
     return out
 
 
+def stored_sessions(bootstrap: str, topics: Topics) -> dict:
+    """The session table as its changelog holds it, read to its real end (after the workers stopped)."""
+    import asyncio
+
+    from stream.changelog import read_changelog
+    from stream.config import Settings
+
+    partitions = list(range(Settings().partitions))
+    return asyncio.run(read_changelog(bootstrap, f"{topics.app_id}-sessions-changelog", partitions))
+
+
 def group_positions(bootstrap: str, group: str, topic: str) -> dict[int, tuple[int | None, int]] | str:
     """partition -> (the group's committed offset, the broker's end offset): for failure messages, so it
     never raises (an error comes back as its text)."""

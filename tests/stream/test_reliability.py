@@ -4,7 +4,6 @@ RELIABILITY.md); run them with `pytest -m reliability -s`."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -24,11 +23,18 @@ from model.checkpoint import load_checkpoint
 from model.registry import Registry
 from model.sessionlog import SessionLog
 from model.synthetic import item_id, synthetic_sessions
-from stream.changelog import read_changelog
-from stream.config import Settings
 from stream.demo import scrape, serving_version
 from tests.hostile import EXTRAS, KINDS, hostile_message
-from tests.stream.harness import Load, Topics, Worker, collect, local_broker, send, start_trainer
+from tests.stream.harness import (
+    Load,
+    Topics,
+    Worker,
+    collect,
+    local_broker,
+    send,
+    start_trainer,
+    stored_sessions,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.reliability]
 
@@ -64,16 +70,10 @@ def _waits(records, sent, after: float) -> list[float]:
     return [answered_at[e] - t for e, _, _, t in sent if t >= after and e in answered_at]
 
 
-def _stored_sessions(bootstrap: str, topics: Topics) -> dict:
-    """The session table as its changelog holds it, read to its real end (after the workers stopped)."""
-    partitions = list(range(Settings().partitions))
-    return asyncio.run(read_changelog(bootstrap, f"{topics.app_id}-sessions-changelog", partitions))
-
-
 def _histories_differing(bootstrap: str, topics: Topics, load: Load) -> dict[str, str]:
     """Sessions whose stored history is not exactly the clicks sent to them, in order (lost or appended
     twice), each with what differs: the edits from the clicks sent to the stored history."""
-    stored = _stored_sessions(bootstrap, topics)
+    stored = stored_sessions(bootstrap, topics)
     out = {}
     for session, sent in load.history().items():
         kept = (stored.get(session) or {}).get("items") or []
@@ -323,7 +323,7 @@ def test_a_broker_frozen_for_10_s_loses_nothing_and_everyone_recovers(engine, se
             worker.stop()
             trainer.terminate()
             trainer.wait(timeout=20)
-        stored = _stored_sessions(bootstrap, topics)
+        stored = stored_sessions(bootstrap, topics)
     unanswered, delivery = _delivery(recs, events)
     report(
         "broker frozen (SIGSTOP) for 10 s",
