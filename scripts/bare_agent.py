@@ -25,8 +25,19 @@ from stream.config import Settings
 
 settings = Settings.from_env()
 app = base_app(settings)
-clicks = app.topic(settings.topic_clicks, key_serializer="raw", value_serializer="raw")
-answers = app.topic(settings.topic_recommendations, key_serializer="raw", value_serializer="json")
+clicks = app.topic(  # created when missing, as the worker's is
+    settings.topic_clicks,
+    key_serializer="raw",
+    value_serializer="raw",
+    partitions=settings.partitions,
+    internal=True,
+)
+answers = app.topic(
+    settings.topic_recommendations,
+    key_serializer="raw",
+    value_serializer="json",
+    partitions=settings.partitions,
+)
 last_item = app.Table("last-item", default=None, partitions=settings.partitions, key_type=str)
 
 

@@ -1,7 +1,13 @@
-"""End-to-end serving latency: embedded broker + one `nextclick worker` + a load generator, on one machine.
+"""End-to-end serving latency: a broker + one `nextclick worker` + a load generator, on one machine.
 
     .venv/bin/python scripts/bench_serve.py --models srgnn gru4rec --rates 250 500 1000 2000 --seconds 20
     .venv/bin/python scripts/bench_serve.py --bare ...   # first the floor: a bare Faust agent, same rates
+    .venv/bin/python scripts/bench_serve.py --engines tansu kafka ...   # each measurement on both brokers
+
+`--engines`: the embedded Tansu and/or Apache Kafka (`nextclick broker --engine kafka`'s, log dirs in a
+fresh temporary folder), a fresh broker for every measurement. Each result carries the CPU each process
+used over the measured run, in cores (CPU seconds / wall seconds): worker, broker, and this process (the
+load generator and the timing consumer).
 
 For each model (untrained weights over Tmall's 40,727-item vocabulary: latency does not depend on what the
 weights learnt) a worker serves k = 20. The load generator replays Tmall sessions (newest training
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import threading
@@ -27,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.checkpoint import save_checkpoint
 from model.data import load_data
 from model.training import make_model, popular_items
-from stream.broker import EmbeddedBroker
+from stream.broker import local_broker
 from stream.clients import consumer, producer
 from tests.stream.harness import Topics, Worker
 
@@ -92,6 +99,7 @@ def main() -> None:
     ap.add_argument("--rates", type=float, nargs="+", default=[250, 500, 1000, 2000])
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--concurrent", type=int, default=1000, help="sessions open at once in the stream")
+    ap.add_argument("--engines", nargs="+", choices=["tansu", "kafka"], default=["tansu"], help="brokers")
     ap.add_argument(
         "--hold", type=float, default=60.0, help="then hold the best passing rate this long (0 = skip)"
     )
@@ -113,15 +121,17 @@ def main() -> None:
         ck = None
         if name not in (BARE, BARE_BATCHED):
             ck = save_checkpoint(make_model(name, data), work / name, fallback=popular_items(data))
-        for rate in args.rates:
-            results.append(measure(ck, work, clicks, name, rate, args.seconds))
-        best = max((r["rate"] for r in results if r["model"] == name and passed(r)), default=None)
-        if best is not None and args.hold > 0:
-            results.append(measure(ck, work, clicks, name, best, args.hold, hold=True))
+        for engine in args.engines:
+            for rate in args.rates:
+                results.append(measure(ck, work, clicks, name, rate, args.seconds, engine))
+            ours = [r for r in results if r["model"] == name and r["broker"] == engine]
+            best = max((r["rate"] for r in ours if passed(r)), default=None)
+            if best is not None and args.hold > 0:
+                results.append(measure(ck, work, clicks, name, best, args.hold, engine, hold=True))
     held = {}
     for r in results:
         if r.get("hold") and passed(r):
-            held[r["model"]] = r["rate"]
+            held[f"{r['model']}@{r['broker']}"] = r["rate"]
     print(
         json.dumps(
             {"summary": f"rate held for {args.hold:g} s with p99 <= 100 ms and every click answered", **held}
@@ -139,13 +149,17 @@ def measure(
     name: str,
     rate: float,
     seconds: float,
+    engine: str = "tansu",
     hold: bool = False,
 ) -> dict:
     """One rate against a fresh broker and worker: an overloaded run never slows the next one, and no run
     pays for the data earlier ones left in the broker (Tansu keeps every record in memory, uncompacted)."""
     is_bare = name in (BARE, BARE_BATCHED)
     bare = [sys.executable, str(Path(__file__).with_name("bare_agent.py")), "worker"] if is_bare else None
-    with EmbeddedBroker() as broker:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-kafka-") as data,
+        local_broker(engine, data_dir=data) as broker,
+    ):
         topics = Topics()
         batched = {"BARE_AGENT_BATCH": "1"} if name == BARE_BATCHED else {}
         worker = Worker(broker.bootstrap, topics, ck, work, command=bare, NEXTCLICK_DEVICE="cpu", **batched)
@@ -154,13 +168,24 @@ def measure(
             time.sleep(3)
             run_rate(broker.bootstrap, topics, clicks, 100, 3)  # warm-up
             before = worker_stats(worker)
-            r = {"model": name, "hold": hold, **run_rate(broker.bootstrap, topics, clicks, rate, seconds)}
+            pids = {"worker": worker.proc.pid, "broker": broker.proc.pid, "load": os.getpid()}
+            cpu0, t0 = {k: cpu_seconds(p) for k, p in pids.items()}, time.perf_counter()
+            r = {"model": name, "broker": engine, "hold": hold,
+                 **run_rate(broker.bootstrap, topics, clicks, rate, seconds)}  # fmt: skip
+            wall = time.perf_counter() - t0
+            r.update({f"cpu_{k}_cores": round((cpu_seconds(p) - cpu0[k]) / wall, 2) for k, p in pids.items()})
             if not is_bare:  # the bare agent has no metrics
                 r.update(stats_delta(before, worker_stats(worker)))
         finally:
             worker.stop()
     print(json.dumps(r), flush=True)
     return r
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 STATS = (

@@ -54,6 +54,28 @@ def test_compose_file_wires_kafka_workers_trainer_replay_prometheus_and_grafana(
     assert (DEPLOY / "Dockerfile").is_file() and "cuda" in (DEPLOY / "Dockerfile.gpu").read_text()
 
 
+def test_compose_kafka_is_the_kafka_the_tests_run_on():
+    """Same Apache Kafka version as deploy/kafka/pom.xml, same one-node settings as `KafkaBroker`."""
+    from xml.etree import ElementTree
+
+    from stream.broker import KAFKA_HEAP, KAFKA_PROPERTIES
+
+    kafka = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]["kafka"]
+    pom = ElementTree.parse(DEPLOY / "kafka" / "pom.xml").getroot()
+    version = pom.find(
+        "{http://maven.apache.org/POM/4.0.0}properties/{http://maven.apache.org/POM/4.0.0}kafka.version"
+    )
+    assert kafka["image"] == f"apache/kafka:{version.text}"
+    ours = dict(line.split("=", 1) for line in KAFKA_PROPERTIES.splitlines() if line)
+    env = kafka["environment"]
+    for name in ("num.partitions", "default.replication.factor", "offsets.topic.replication.factor",
+                 "transaction.state.log.replication.factor", "transaction.state.log.min.isr",
+                 "share.coordinator.state.topic.replication.factor", "share.coordinator.state.topic.min.isr",
+                 "group.initial.rebalance.delay.ms", "process.roles"):  # fmt: skip
+        assert str(env["KAFKA_" + name.upper().replace(".", "_")]) == ours[name], name
+    assert env["KAFKA_HEAP_OPTS"] == KAFKA_HEAP
+
+
 def test_docker_compose_config_is_valid():
     if (
         not shutil.which("docker")

@@ -285,7 +285,8 @@ def test_workers_joining_and_leaving_under_load_lose_no_click_and_no_history(
 # -- broker faults: a broker of the test's own, the only one a test may freeze or kill ---------------------
 @pytest.mark.parametrize("engine", ["tansu", "kafka"])
 def test_a_broker_frozen_for_10_s_loses_nothing_and_everyone_recovers(engine, served_checkpoint, tmp_path):
-    """A broker of its own, a worker and the trainer's session log."""
+    """A broker of its own, a worker and the trainer's session log; the load's producer is idempotent, as
+    any producer that must ride out a broker stall should be."""
     model, meta = load_checkpoint(served_checkpoint)
     registry = Registry(tmp_path / "registry")
     registry.publish(model, fallback=meta["fallback"])
@@ -301,7 +302,10 @@ def test_a_broker_frozen_for_10_s_loses_nothing_and_everyone_recovers(engine, se
         )  # fmt: skip
         try:
             worker.wait_ready()
-            with Load(bootstrap, topics.clicks, model.vocab.ids[1:], sessions=30, rate=50) as load:
+            # idempotent: the load's retries across the stall must not write a click twice (on Kafka the
+            # frozen broker misses its controller heartbeats and is fenced, and acks=1 retries duplicated one)
+            load = Load(bootstrap, topics.clicks, model.vocab.ids[1:], sessions=30, rate=50, idempotent=True)
+            with load:
                 time.sleep(3)
                 os.kill(broker.proc.pid, signal.SIGSTOP)
                 time.sleep(10)

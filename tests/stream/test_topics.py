@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 def _describe(admin: KafkaAdminClient, topic: str) -> dict[str, str]:
     resource = ConfigResource(ConfigResourceType.TOPIC, topic)
     result = admin.describe_configs([resource])
-    return {name: entry["value"] for name, entry in result[0]["topic"][topic].items()}
+    return {name: entry["value"] for name, entry in result["topic"][topic].items()}
 
 
 def _record_count(bootstrap: str, topic: str) -> int:
@@ -59,13 +59,13 @@ def test_the_worker_creates_its_topics_with_the_configured_partitions_and_a_comp
     changelog = f"{topics.app_id}-sessions-changelog"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        described = {t["topic"]: t for t in admin.describe_topics([topics.clicks, topics.recommendations,
+        described = {t["name"]: t for t in admin.describe_topics([topics.clicks, topics.recommendations,
                                                                    topics.dlq, topics.sessions, changelog])}  # fmt: skip
         policy = None if is_tansu(bootstrap) else _describe(admin, changelog)["cleanup.policy"]
     finally:
         admin.close()
     assert {name: len(t["partitions"]) for name, t in described.items()} == dict.fromkeys(described, 3)
-    assert all(len(p["replicas"]) == 1 for t in described.values() for p in t["partitions"])
+    assert all(len(p["replica_nodes"]) == 1 for t in described.values() for p in t["partitions"])
     if policy is not None:  # Tansu answers no DescribeConfigs (and never compacts)
         assert policy == "compact"
 
@@ -140,3 +140,13 @@ def test_a_worker_serves_topics_an_operator_created_by_hand(bootstrap, served_ch
     finally:
         worker.stop()
     assert "Creating topic" not in worker.log.read_text(errors="replace")
+
+
+def test_partitions_replication_and_topic_creation_reach_faust():
+    """What a one-broker test cluster cannot show: a replication factor of 3 and no topic creation reach the
+    Faust app the worker runs, for every topic it declares."""
+    from stream.app import base_app
+    from stream.config import Settings
+
+    conf = base_app(Settings(partitions=12, replication_factor=3, create_topics=False)).conf
+    assert (conf.topic_partitions, conf.topic_replication_factor, conf.topic_allow_declare) == (12, 3, False)
