@@ -388,7 +388,8 @@ def base_app(s: Settings) -> App:
         # fetch is reported against Tansu upstream; not proven here to be behind the restart stall)
         broker_request_timeout=s.request_timeout,
         producer_linger_ms=s.producer_linger_ms,
-        processing_guarantee=s.processing_guarantee,
+        # at-least-once: Faust's exactly_once does not hold for tables (RELIABILITY.md, "Exactly-once")
+        processing_guarantee="at_least_once",
         consumer_auto_offset_reset="earliest",
         datadir=s.data_dir,
         web_enabled=bool(s.web_port),

@@ -51,7 +51,6 @@ class Settings:
     fetch_wait_ms: int = 10
     producer_linger_ms: float = 0.0  # how long the producer gathers records into one request (Faust: 0)
     request_timeout: float = 15.0  # seconds before a broker request is given up and retried (Faust: 90)
-    processing_guarantee: str = "at_least_once"  # or "exactly_once" (Faust's transactions; RELIABILITY.md)
     changelog_catchup: bool | None = None  # None = auto: on for the embedded Tansu only (stream.broker)
     max_message_bytes: int = 64 * 1024
     max_id_length: int = 256
@@ -88,7 +87,6 @@ class Settings:
             fetch_wait_ms=_env("NEXTCLICK_FETCH_WAIT_MS", cls.fetch_wait_ms, int),
             producer_linger_ms=_env("NEXTCLICK_PRODUCER_LINGER_MS", cls.producer_linger_ms, float),
             request_timeout=_env("NEXTCLICK_REQUEST_TIMEOUT", cls.request_timeout, float),
-            processing_guarantee=_env("NEXTCLICK_PROCESSING_GUARANTEE", cls.processing_guarantee),
             changelog_catchup=_env("NEXTCLICK_CHANGELOG_CATCHUP", cls.changelog_catchup, bool),
             max_message_bytes=_env("NEXTCLICK_MAX_MESSAGE_BYTES", cls.max_message_bytes, int),
             max_id_length=_env("NEXTCLICK_MAX_ID_LENGTH", cls.max_id_length, int),
