@@ -311,8 +311,8 @@ class Pipeline:
         the base offset of the last record batch + 1, so recovery silently drops the rest of that batch
         (../shared/notes/embedded-broker.md): a restarted worker would lose a session's last clicks. This
         reads the partitions again until the reported end is passed and a fetch comes back empty, and
-        applies every record (last write wins, tombstones delete). On Apache Kafka it only confirms what
-        recovery restored; NEXTCLICK_CHANGELOG_CATCHUP=0 skips it.
+        applies every record (last write wins, tombstones delete). It runs only on Tansu (`_catch_up_needed`):
+        on Apache Kafka it would only confirm what recovery restored (a test shows both sides).
 
         A rebalance can hand back a partition this worker already served, with its latest changelog writes
         still in the producer's buffer: reading before they land would restore an older history over the
