@@ -47,6 +47,20 @@ def pad_windows(
     return torch.from_numpy(np.where(inside, items[index], 0))
 
 
+def bf16_is_fast(device: torch.device | str) -> bool:
+    """Whether scoring in bfloat16 pays on `device`: on CUDA, and on CPUs with bf16 matrix instructions
+    (AVX512-BF16 or AMX, read from /proc/cpuinfo). Elsewhere bf16 is emulated: on an AVX2-only AMD EPYC,
+    32 x 100 x 40,728 took 117 ms in bf16 against 68 ms in float32."""
+    if torch.device(device).type == "cuda":
+        return True
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line for line in info if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 class Bf16Scoring:
     """Serving-time scoring against every item in bfloat16 (`scoring_bf16 = True`, set by the stream).
 

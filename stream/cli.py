@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from model.errors import UserError
+from stream.broker import ENGINES
 
 EXIT_USER_ERROR = 2
 
@@ -319,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--port", type=int, default=9092)
     b.add_argument(
         "--engine",
-        choices=["tansu", "kafka"],
+        choices=ENGINES,
         default="tansu",
         help="tansu: embedded, in memory, pip only (default); kafka: Apache Kafka (KRaft) from the jars of "
         "scripts/install_kafka.sh, needs Java",

@@ -56,7 +56,7 @@ class Settings:
     max_id_length: int = 256
     max_future_seconds: float = 86400.0  # a timestamp further ahead of the wall clock is invalid
     device: str = "auto"
-    score_bf16: bool = True  # score against all items in bfloat16 (model.layers.Bf16Scoring)
+    score_bf16: bool | None = None  # score in bfloat16 (model.layers.Bf16Scoring); None = where it is fast
     data_dir: str = ".nextclick/worker"
     web_port: int = 0  # Faust's web server: 0 = disabled
     expiry_interval: float = 5.0  # seconds between scans for idle sessions

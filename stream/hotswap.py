@@ -30,7 +30,7 @@ from stream.inference import Served, load_served
 log = logging.getLogger("nextclick.hotswap")
 
 
-def load_verified(path: str, device: str, k: int, bf16: bool) -> Served:
+def load_verified(path: str, device: str, k: int, bf16: bool | None) -> Served:
     served = load_served(path, device, k, bf16)
     canary(served.model, k)
     return served

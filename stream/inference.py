@@ -31,7 +31,7 @@ import torch
 
 from model.base import Recommender, resolve_device
 from model.checkpoint import load_checkpoint
-from model.layers import Bf16Scoring
+from model.layers import Bf16Scoring, bf16_is_fast
 from stream.metrics import Metrics
 
 log = logging.getLogger("nextclick.inference")
@@ -89,9 +89,12 @@ class Answer:
     source: str  # "model" or "fallback"
 
 
-def load_served(path: str | Path, device: str = "auto", k: int = 20, bf16: bool = True) -> Served:
+def load_served(path: str | Path, device: str = "auto", k: int = 20, bf16: bool | None = None) -> Served:
+    """`bf16`: score in bfloat16; None (auto) where it is fast (`model.layers.bf16_is_fast`)."""
     model, meta = load_checkpoint(path, resolve_device(device))
     net = getattr(model, "net", None)
+    if bf16 is None:
+        bf16 = bf16_is_fast(resolve_device(device))
     if bf16 and isinstance(net, Bf16Scoring):
         net.scoring_bf16 = True
     fallback_ids = meta.get("fallback") or model.vocab.ids[1 : k + 1]
