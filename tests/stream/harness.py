@@ -44,7 +44,7 @@ def any_broker() -> Iterator[str]:
         yield os.environ["KAFKA_BOOTSTRAP"]
         return
     if not chosen and docker_answers():
-        from testcontainers.kafka import KafkaContainer
+        from testcontainers.community.kafka import KafkaContainer
 
         with KafkaContainer() as kafka:
             yield kafka.get_bootstrap_server()
