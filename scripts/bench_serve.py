@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.checkpoint import save_checkpoint
 from model.data import load_data
 from model.training import make_model, popular_items
-from stream.broker import local_broker
+from stream.broker import ENGINES
 from stream.clients import consumer, producer
-from tests.stream.harness import Topics, Worker
+from tests.stream.harness import Topics, Worker, local_broker
 
 
 def run_rate(
@@ -99,7 +99,7 @@ def main() -> None:
     ap.add_argument("--rates", type=float, nargs="+", default=[250, 500, 1000, 2000])
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--concurrent", type=int, default=1000, help="sessions open at once in the stream")
-    ap.add_argument("--engines", nargs="+", choices=["tansu", "kafka"], default=["tansu"], help="brokers")
+    ap.add_argument("--engines", nargs="+", choices=ENGINES, default=["tansu"], help="brokers")
     ap.add_argument(
         "--hold", type=float, default=60.0, help="then hold the best passing rate this long (0 = skip)"
     )
@@ -156,10 +156,7 @@ def measure(
     pays for the data earlier ones left in the broker (Tansu keeps every record in memory, uncompacted)."""
     is_bare = name in (BARE, BARE_BATCHED)
     bare = [sys.executable, str(Path(__file__).with_name("bare_agent.py")), "worker"] if is_bare else None
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-kafka-") as data,
-        local_broker(engine, data_dir=data) as broker,
-    ):
+    with local_broker(engine) as broker:
         topics = Topics()
         batched = {"BARE_AGENT_BATCH": "1"} if name == BARE_BATCHED else {}
         worker = Worker(broker.bootstrap, topics, ck, work, command=bare, NEXTCLICK_DEVICE="cpu", **batched)

@@ -55,7 +55,6 @@ def metadata_answers(bootstrap: str) -> bool:
 
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
         try:
-            admin.list_topics()
             return bool(admin.describe_cluster().get("brokers"))
         finally:
             admin.close()
@@ -88,7 +87,6 @@ class LocalBroker:
     """One broker process on 127.0.0.1:port; subclasses say how to start it."""
 
     name = "broker"
-    storage = "in memory"
 
     def __init__(self, port: int | None = None, log_path: str | Path | None = None) -> None:
         self.port = port or free_port()
@@ -99,6 +97,10 @@ class LocalBroker:
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def storage(self) -> str:
+        return "in memory"
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         raise NotImplementedError
@@ -174,9 +176,13 @@ def java_binary() -> str | None:
     return shutil.which("java")
 
 
+def kafka_jars_present() -> bool:
+    return any((kafka_home() / "libs").glob("kafka_2.13-*.jar"))
+
+
 def kafka_available() -> bool:
     """Java and the broker's jars are both there."""
-    return java_binary() is not None and any((kafka_home() / "libs").glob("kafka_2.13-*.jar"))
+    return java_binary() is not None and kafka_jars_present()
 
 
 # One node as broker and controller; what a laptop or a test needs, nothing a cluster would add.
@@ -239,7 +245,7 @@ class KafkaBroker(LocalBroker):
         return self.data_dir / "logs"
 
     @property
-    def storage(self) -> str:  # type: ignore[override]
+    def storage(self) -> str:
         return f"log dirs in {self.log_dir}"
 
     def _java(self) -> str:
@@ -247,7 +253,7 @@ class KafkaBroker(LocalBroker):
         if java is None:
             raise UserError("the Apache Kafka broker needs Java 17 or newer (apt-get install openjdk-17-jre)"
                             "; without Java use --engine tansu")  # fmt: skip
-        if not any((kafka_home() / "libs").glob("kafka_2.13-*.jar")):
+        if not kafka_jars_present():
             raise UserError(f"no Apache Kafka jars in {kafka_home() / 'libs'}: run scripts/install_kafka.sh "
                             "(needs Maven), or use --engine tansu")  # fmt: skip
         return java

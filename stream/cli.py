@@ -387,9 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", help="replay this data set instead of the synthetic stream")
     d.add_argument("--metrics-port", type=int, default=9100, help="the worker's /metrics port (0 = any free)")
     d.add_argument("--workdir", help="keep registry, session log and logs here (default: a temp folder)")
-    d.add_argument(
-        "--engine", choices=["tansu", "kafka"], default="tansu", help="the demo's broker (see broker)"
-    )
+    d.add_argument("--engine", choices=ENGINES, default="tansu", help="the demo's broker (see broker)")
     d.add_argument("--json", action="store_true", help="last stdout line is the summary as one JSON object")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)

@@ -69,7 +69,8 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
         await self.call_thread(self._watch_for_topics, set(topics))
 
     async def _watch_for_topics(self, topics: set[str]) -> None:
-        asyncio.get_running_loop().create_task(self._until_topics_known(topics))
+        # kept: the event loop holds only a weak reference to a task
+        self._topic_watch = asyncio.get_running_loop().create_task(self._until_topics_known(topics))
 
     async def _until_topics_known(self, topics: set[str], timeout: float = 60.0) -> None:
         """Refresh the metadata until every subscribed topic is in it.
