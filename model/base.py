@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from model.fallback import Fallback
 from model.sessions import Samples, Sessions
 from model.vocab import ItemVocab
 
@@ -31,6 +32,8 @@ class Recommender:
         self.vocab = vocab
         self.params = params if params is not None else self.Params()
         self.device = torch.device(device)
+        # the answer for sessions it cannot score, set when it is fitted (`model.training.fit_model`)
+        self.fallback: Fallback | None = None
 
     @property
     def n_items(self) -> int:

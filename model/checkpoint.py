@@ -1,6 +1,9 @@
 """Checkpoints: a folder with `weights.safetensors` (named tensors) and `meta.json` (model name,
 hyperparameters, vocabulary, data fingerprint, metrics, created_at). Nothing is ever unpickled.
 
+`meta.json` also holds the model's fallback list (`model.fallback`: the training data's recent popularity,
+for sessions the model cannot score); a model without one is refused, so no checkpoint lacks it.
+
 A checkpoint is written to a temporary sibling folder and renamed into place, so a reader never sees half
 of one; loading checks the format version, the model name, the vocabulary and every tensor's presence
 before the model is handed out.
@@ -22,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from model.base import Recommender
 from model.errors import UserError
+from model.fallback import Fallback
 from model.params import build_params, params_to_dict
 from model.vocab import ItemVocab
 from model.zoo import model_class
@@ -42,9 +46,13 @@ def save_checkpoint(
     data: dict[str, Any] | None = None,
     metrics: dict | None = None,
     history: dict | None = None,
-    fallback: list[str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
+    if model.fallback is None:
+        raise CheckpointError(
+            f"{model.name}: no fallback list for cold sessions (fit it with model.training.fit_model, "
+            "which records the training data's recent popularity)"
+        )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -63,7 +71,7 @@ def save_checkpoint(
             "data": data or {},
             "metrics": metrics or {},
             "history": history or {},
-            "fallback": fallback or [],
+            "fallback": model.fallback.to_json(),
             "created_at": time.time(),
             **(extra or {}),
         }
@@ -108,6 +116,13 @@ def load_checkpoint(
     cls = model_class(meta["model"])
     params = build_params(cls.Params, meta["params"])
     model = cls(ItemVocab(meta["vocab"]), params, device=device)
+    try:
+        model.fallback = Fallback.from_json(meta.get("fallback"))
+    except ValueError as exc:
+        raise CheckpointError(
+            f"{p}/{META}: no usable fallback list ({exc}); a checkpoint from before nextclick recorded "
+            "one: train it again"
+        ) from None
     tensors: dict[str, torch.Tensor] = {}
     if meta["tensors"]:
         try:

@@ -16,6 +16,7 @@ import torch
 from model.base import Recommender
 from model.data import SessionData, load_data
 from model.errors import UserError
+from model.fallback import recent_popularity
 from model.metrics import evaluate
 from model.params import build_params
 from model.sessions import Samples
@@ -67,8 +68,10 @@ def make_model(
 
 def fit_model(model: Recommender, data: SessionData, progress: bool = False) -> dict[str, Any]:
     """Models that early-stop (`uses_validation`) get the newest 10 % of training sessions as validation;
-    the others learn from all of the training sessions. The test split is never shown to `fit`."""
+    the others learn from all of the training sessions. The test split is never shown to `fit`. Every
+    fitted model also gets its fallback list, the training data's recent popularity (`model.fallback`)."""
     t0 = time.perf_counter()
+    model.fallback = recent_popularity(data.train, data.vocab)
     fraction = getattr(model.params, "valid_fraction", 0.1)
     if getattr(model, "uses_validation", False) and fraction > 0:
         fit, valid = data.train_valid(fraction)
@@ -101,14 +104,6 @@ def evaluate_model(
         metrics = {k: (v * n / total if k != "n" else total) for k, v in metrics.items()}
     metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
     return metrics
-
-
-def popular_items(data: SessionData, n: int = 100) -> list[str]:
-    """The n most clicked training items (external ids): the stream's answer for sessions the model cannot
-    score, kept in the checkpoint."""
-    counts = np.bincount(data.train.items, minlength=data.vocab.n_items + 1)
-    counts[0] = -1
-    return data.vocab.decode(np.argsort(-counts, kind="stable")[:n])
 
 
 def remap_test(data: SessionData, vocab: ItemVocab) -> tuple[SessionData, int]:

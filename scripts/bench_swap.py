@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.data import load_data
 from model.registry import Registry
-from model.training import make_model, popular_items
+from model.fallback import recent_popularity
+from model.training import make_model
 from scripts.bench_serve import ids_of, interleave
 from stream.broker import EmbeddedBroker
 from stream.clients import consumer, producer
@@ -58,8 +59,9 @@ def main() -> None:
     clicks = interleave([ids_of(sessions[s], data.vocab.ids) for s in range(len(sessions))], 1000)
     work = Path(tempfile.mkdtemp(prefix="bench-swap-"))
     registry = Registry(work / "registry")
-    fallback = popular_items(data)
-    registry.publish(make_model(args.model, data), fallback=fallback)
+    first = make_model(args.model, data)  # untrained: the benchmark measures the swap, not accuracy
+    first.fallback = recent_popularity(data.train, data.vocab)
+    registry.publish(first)
     with EmbeddedBroker() as broker:
         topics = Topics()
         worker = Worker(broker.bootstrap, topics, None, work, registry=registry.root, NEXTCLICK_DEVICE="cpu")
@@ -83,12 +85,13 @@ def main() -> None:
             reader = threading.Thread(target=consume, daemon=True)
             reader.start()
             second = make_model(args.model, data)  # another set of weights, same vocabulary
+            second.fallback = first.fallback
             published_at: list[float] = []
 
             def publish() -> None:
                 time.sleep(args.swap_at)
                 t = time.perf_counter()
-                version = registry.publish(second, fallback=fallback)
+                version = registry.publish(second)
                 published_at.append(t)
                 announce = producer(broker.bootstrap)
                 announce.send(topics.model_updates, value=json.dumps({"version": version}).encode())

@@ -280,6 +280,7 @@ class Pipeline:
                 "scores": answer.scores,
                 "model": answer.model,
                 "model_version": answer.version,
+                "source": answer.source,  # "model", or "fallback": the recent popularity list
                 "latency_ms": round(latency * 1000.0, 3),
                 "created_at": time.time(),
             },

@@ -234,7 +234,6 @@ def cmd_model(args: argparse.Namespace) -> int:
         data=meta.get("data"),
         metrics=meta.get("metrics"),
         history=meta.get("history"),
-        fallback=meta.get("fallback"),
     )
     print(f"{root}: published {args.checkpoint} as {version}")
     return 0

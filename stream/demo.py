@@ -125,13 +125,13 @@ def first_model(registry: Path, log_dir: Path) -> None:
     from model.registry import Registry
     from model.sessionlog import SessionLog
     from model.synthetic import synthetic_data
-    from model.training import fit_model, make_model, popular_items, seed_everything
+    from model.training import fit_model, make_model, seed_everything
 
     seed_everything(0)
     data = synthetic_data(n_sessions=3000, n_items=1000, seed=0)
     model = make_model("gru4rec", data, epochs=1, sets={"layers": [64], "batch_size": 64})
     fit_model(model, data)
-    Registry(registry).publish(model, fallback=popular_items(data), data={"name": data.name})
+    Registry(registry).publish(model, data={"name": data.name})
     train = data.train
     SessionLog(log_dir).append(
         {

@@ -2,8 +2,10 @@
 event loop, so a slow batch never stalls consumption.
 
 Requests arrive from the clicks agent as item histories (external ids). Items the model never saw stay in
-the history but are hidden from it; a session with no known item gets the fallback list (the most popular
-training items), never nothing. The clicks agent hands over each consumed batch as one job
+the history but are hidden from it; a session with no known item gets the checkpoint's fallback list (the
+training data's recent popularity, `model.fallback`, with its click shares as scores and `source`
+"fallback"), never nothing. The model sees the whole known history, as offline evaluation does (sessions
+are closed at `max_session_length` clicks). The clicks agent hands over each consumed batch as one job
 (`recommend_many`), which runs at once; single requests (`recommend`) wait up to `max_wait_ms` for others
 to share their batch (at most `max_batch` requests). Batches run in one worker thread (the model is not
 re-entrant); the model can be swapped between batches, and requests keep the model that encoded them.
@@ -67,8 +69,7 @@ class Served:
     model: Recommender
     name: str
     version: str
-    fallback: tuple[list[str], list[float]]
-    max_len: int = 50  # a model without incremental state sees at most this many latest known clicks
+    fallback: tuple[list[str], list[float]]  # the first k of the checkpoint's list, and their scores
     cache: StateCache | None = None  # for models with `step` (GRU4Rec)
     published_at: float | None = None  # when the registry published this version
 
@@ -97,8 +98,8 @@ def load_served(path: str | Path, device: str = "auto", k: int = 20, bf16: bool 
         bf16 = bf16_is_fast(resolve_device(device))
     if bf16 and isinstance(net, Bf16Scoring):
         net.scoring_bf16 = True
-    fallback_ids = meta.get("fallback") or model.vocab.ids[1 : k + 1]
-    fallback = (list(fallback_ids[:k]), [float(k - i) / k for i in range(min(k, len(fallback_ids)))])
+    assert model.fallback is not None  # load_checkpoint refuses a checkpoint without one
+    fallback = (model.fallback.items[:k], model.fallback.scores[:k])
     version = str(meta.get("version") or Path(path).name)
     cache = StateCache() if hasattr(model, "step") and hasattr(model, "final_states") else None
     return Served(model, meta["model"], version, fallback, cache=cache, published_at=meta.get("published_at"))
@@ -168,8 +169,6 @@ class InferenceService:
         for i, (history, session_id) in enumerate(histories):
             known = served.model.vocab.lookup(history)
             known = known[known >= 1]
-            if served.cache is None:
-                known = known[-served.max_len :]
             if known.size == 0:
                 items, scores = served.fallback
                 answers[i] = Answer(items, scores, served.name, served.version, "fallback")

@@ -28,7 +28,7 @@ from model.errors import DataError
 from model.registry import Registry
 from model.retrain import gate, log_to_data, train_candidate
 from model.sessionlog import SessionLog
-from model.training import popular_items, seed_everything
+from model.training import seed_everything
 from stream.clients import consumer, producer
 
 log = logging.getLogger("nextclick.trainer")
@@ -175,7 +175,6 @@ class Trainer:
             data={"name": "session-log", "sessions": len(records), "fingerprint": data.fingerprint()},
             metrics=result.candidate_metrics,
             history=history,
-            fallback=popular_items(data),
             extra={"parent": serving_version, "gate": summary["gate"]},
         )
         self.metrics.last_success.set(time.time())

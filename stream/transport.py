@@ -173,3 +173,9 @@ class App(faust.App):
 
     def _new_transport(self) -> Any:
         return Transport(self.conf.broker_consumer, self)
+
+    def _create_directories(self) -> None:
+        """Faust makes its data dir without its parents: a worker started in a fresh folder died on the
+        default `.nextclick/worker` (FileNotFoundError)."""
+        self.conf.datadir.mkdir(parents=True, exist_ok=True)
+        super()._create_directories()

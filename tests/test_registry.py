@@ -5,7 +5,7 @@ import torch
 
 from model.checkpoint import WEIGHTS, CheckpointError
 from model.registry import Registry, verify
-from model.training import fit_model, make_model, popular_items
+from model.training import fit_model, make_model
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def model(tiny_data):
 def test_publish_list_promote_and_prune(tmp_path, model, tiny_data):
     reg = Registry(tmp_path / "reg", keep=2)
     assert reg.latest() is None and reg.versions() == []
-    v1 = reg.publish(model, fallback=popular_items(tiny_data))
+    v1 = reg.publish(model)
     v2 = reg.publish(model, metrics={"mrr@20": 0.1})
     assert (v1, v2) == ("v000001", "v000002")
     assert reg.latest() == v2

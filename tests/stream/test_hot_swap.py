@@ -17,7 +17,7 @@ from model.checkpoint import WEIGHTS
 from model.registry import Registry
 from model.sessionlog import SessionLog
 from model.synthetic import item_id, synthetic_data, synthetic_sessions
-from model.training import fit_model, make_model, popular_items
+from model.training import fit_model, make_model
 from stream.clients import producer
 from tests.stream.harness import Worker, click, collect, send
 
@@ -65,7 +65,7 @@ def test_trainer_publishes_every_worker_swaps_no_click_is_lost_and_a_corrupt_ver
     data = synthetic_data(n_sessions=800, n_items=300, seed=0)
     first = make_model("gru4rec", data, sets=GRU, epochs=1)
     fit_model(first, data)
-    registry.publish(first, fallback=popular_items(data))
+    registry.publish(first)
     s = synthetic_sessions(1500, n_items=300, seed=1)
     SessionLog(tmp_path / "log").append(
         {

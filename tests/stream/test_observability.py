@@ -39,7 +39,7 @@ def test_prometheus_scrapes_a_worker_and_the_trainer_and_every_expression_return
         pytest.skip("prometheus not installed (.ci/run installs the Debian package)")
     model, meta = load_checkpoint(served_checkpoint)
     registry = Registry(tmp_path / "registry")
-    registry.publish(model, fallback=meta["fallback"])
+    registry.publish(model)
     s = synthetic_sessions(300, n_items=300, seed=1)
     SessionLog(tmp_path / "log").append(
         {"session_id": f"h{i}", "items": list(item_id(s[i])), "timestamps": [1.0] * len(s[i])}

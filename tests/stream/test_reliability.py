@@ -289,7 +289,7 @@ def test_a_broker_frozen_for_10_s_loses_nothing_and_everyone_recovers(engine, se
     any producer that must ride out a broker stall should be."""
     model, meta = load_checkpoint(served_checkpoint)
     registry = Registry(tmp_path / "registry")
-    registry.publish(model, fallback=meta["fallback"])
+    registry.publish(model)
     topics = Topics()
     with local_broker(engine) as broker:
         bootstrap = broker.bootstrap
@@ -413,7 +413,7 @@ def test_a_trainer_killed_mid_training_or_mid_publish_publishes_nothing(
 ):
     model, meta = load_checkpoint(served_checkpoint)
     registry = Registry(tmp_path / "registry")
-    registry.publish(model, fallback=meta["fallback"])
+    registry.publish(model)
     s = synthetic_sessions(1500, n_items=300, seed=5)
     SessionLog(tmp_path / "log").append(
         {"session_id": f"h{i}", "items": list(item_id(s[i])), "timestamps": [float(i)] * len(s[i])}
