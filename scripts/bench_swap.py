@@ -25,8 +25,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.data import load_data
-from model.registry import Registry
 from model.fallback import recent_popularity
+from model.registry import Registry
 from model.training import make_model
 from scripts.bench_serve import ids_of, interleave
 from stream.broker import EmbeddedBroker

@@ -10,9 +10,10 @@ changelog partition of the click that caused them, explicitly: the agent handles
 where Faust's "current event" would be only the batch's last one.
 
 Expiry. Faust tables have no per-key TTL (faust-streaming #515), so a timer scans the local sessions every
-`expiry_interval` seconds and closes the ones idle for `session_ttl` seconds of event time (the newest
-click time this worker has seen); over-long sessions close right after their last answer. A closed session
-is published to `sessions` for the trainer and deleted from the table (a tombstone in the changelog).
+`expiry_interval` seconds and closes the ones idle for `session_ttl` seconds: of event time on a clock no
+one producer can move, or of the worker's own clock (`stream.expiry`); over-long sessions close right
+after their last answer. A closed session is published to `sessions` for the trainer and deleted from the
+table (a tombstone in the changelog) and from the model's state cache.
 
 Redelivery. Processing is at-least-once: after a crash or a rebalance before the offset commit a click can
 arrive twice. Each session remembers the offset of the last click it absorbed; a click at or below it is
@@ -23,10 +24,10 @@ i-th click of a session in the batch is asked about with the session's history u
 online evaluation and the published answers follow click order, and each touched session is written to
 the changelog once per batch, not once per click.
 
-Embedded broker. Tansu reports a wrong end offset for multi-record batches, which cuts Faust's table
-recovery short; `Pipeline._catch_up` reads each newly assigned changelog partition to its real end before
-the partition's first click is answered (see its docstring). It runs only where the broker is recognised
-as Tansu; Apache Kafka's own recovery is exact.
+Rebalances. When Faust's recovery has finished and before the stream resumes (`on_rebalance_complete`),
+the worker forgets the sessions of partitions it no longer holds (Faust's memory store forgets only what
+it recovered itself, and the expiry timer would otherwise close another worker's sessions) and, on the
+embedded Tansu broker, reads what recovery can have missed (`Pipeline._catch_up`).
 
 Topics. The worker creates the topics it reads and writes, with `partitions` and `replication_factor`,
 and the table's changelog compacted (Faust's default for a table: only each session's last state is
@@ -41,19 +42,23 @@ import logging
 import time
 from typing import Any
 
-from faust.types import EventT, StreamT
+from faust.types import TP, EventT, StreamT
 
 from stream.broker import is_tansu
 from stream.changelog import read_changelog
 from stream.clicks import Click, InvalidClick, parse_click
 from stream.clients import faust_credentials
 from stream.config import Settings
+from stream.expiry import EventClock, is_idle
 from stream.hotswap import ModelWatcher, load_verified
 from stream.inference import Answer, InferenceService, Served
 from stream.metrics import Metrics
 from stream.transport import App
 
 log = logging.getLogger("nextclick.worker")
+
+CATCHUP_ATTEMPTS = 3  # tries of the changelog repair after a rebalance ...
+CATCHUP_TIMEOUT = 10.0  # ... of at most this many seconds each
 
 
 class Pipeline:
@@ -63,9 +68,7 @@ class Pipeline:
         self.metrics = Metrics()
         self.service: InferenceService | None = None
         self._loaded = asyncio.Event()  # set once the model is loaded; clicks wait for it, never get dropped
-        # partitions whose changelog was read to its real end since the last rebalance
-        self._caught_up: set[int] = set()
-        self.max_event_time = 0.0
+        self.clock = EventClock()  # event time for expiry (stream.expiry)
         s = settings
         # internal=True: Faust creates the topic it subscribes to (with the partitions and replication
         # factor set here) when it is missing, before the consumer joins; the outputs are created in start()
@@ -91,7 +94,7 @@ class Pipeline:
         app.task(self.start)
         self._batch = asyncio.Lock()  # held while a consumed batch is answered and written
         app.on_partitions_revoked.connect(self._on_revoked)
-        app.on_partitions_assigned.connect(self._on_rebalance)
+        app.on_rebalance_complete.connect(self._on_rebalance_complete)
 
     # -- lifecycle --------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -168,7 +171,6 @@ class Pipeline:
             if click is not None:
                 clicks.append((event, click))
         if clicks:
-            await self._catch_up({event.message.partition for event, _ in clicks})
             await self._answer_or_dead_letter(clicks)
         self.metrics.active_sessions.set(len(self.table.data))
         self.metrics.consumed_batch.observe(len(events))
@@ -221,7 +223,8 @@ class Pipeline:
         """A copy of the session's stored state to update; the table changes only once the batch is answered."""
         stored = self.table.data.get(click.session_id)
         if stored is None:
-            return {"items": [], "times": [], "recs": [], "user": click.user_id, "p": partition, "o": -1}
+            return {"items": [], "times": [], "recs": [], "user": click.user_id, "p": partition, "o": -1,
+                    "mark": 0.0, "seen": 0.0}  # fmt: skip
         return {**stored, "items": list(stored["items"]), "times": list(stored["times"])}
 
     async def _answer(self, clicks: list[tuple[EventT, Click]]) -> None:
@@ -238,11 +241,13 @@ class Pipeline:
                 state = states[click.session_id] = self._working_state(click, msg.partition)
             again = state.get("p") == msg.partition and msg.offset <= state.get("o", -1)
             if not again:
+                wall = time.time()
+                stamp = click.timestamp if click.timestamp is not None else (msg.timestamp or wall)
                 state["items"].append(click.item_id)
-                state["times"].append(
-                    click.timestamp if click.timestamp is not None else (msg.timestamp or time.time())
-                )
+                state["times"].append(stamp)
                 state["p"], state["o"] = msg.partition, msg.offset
+                # idle time starts at the event time of the worker, not at the producer's stamp
+                state["mark"], state["seen"] = self.clock.observe(click.session_id, stamp, wall), wall
             # a redelivered click (at-least-once: a rebalance or crash before the offset commit) is in the
             # history already: it is answered again from the history as it stands and appended nothing
             asks.append((list(state["items"]), None if again else click.session_id))
@@ -264,7 +269,6 @@ class Pipeline:
         for session_id in absorbed:  # one changelog write per session for the whole batch, none if unchanged
             state = states[session_id]
             self._put(session_id, state, state["p"])
-            self.max_event_time = max(self.max_event_time, state["times"][-1])
             if len(state["items"]) >= s.max_session_length:
                 await self._close(session_id, state, "too_long")
 
@@ -289,10 +293,7 @@ class Pipeline:
         self.metrics.events.labels(outcome="answered").inc()
         self.metrics.recommendations.labels(source=answer.source).inc()
 
-    # -- Tansu's end-offset bug: finish what Faust's table recovery may have cut short -------------------
-    async def _on_rebalance(self, *args: Any, **kwargs: Any) -> None:
-        self._caught_up.clear()
-
+    # -- rebalances ----------------------------------------------------------------------------------------
     async def _on_revoked(self, *args: Any, **kwargs: Any) -> None:
         """Let the batch in flight finish and its changelog writes land before the rebalance goes on.
 
@@ -300,36 +301,62 @@ class Pipeline:
         sessions after that flush; Faust's recovery of the partitions handed back then read the changelog
         without them and put the older histories back over the newer ones in the table (on Apache Kafka
         after a 10 s broker stall: sessions lost clicks). Faust awaits this signal before it reassigns."""
-        self._caught_up.clear()
         async with self._batch:
             await self.app.producer.flush()
 
+    async def _on_rebalance_complete(self, *args: Any, **kwargs: Any) -> None:
+        """After Faust's recovery, before the stream resumes (Faust awaits this signal): forget the
+        sessions of partitions that went to another worker, then repair what recovery missed (Tansu)."""
+        held = {
+            tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.clicks.get_topic_name()
+        }
+        gone = [key for key, state in list(self.table.data.items()) if state and state["p"] not in held]
+        for key in gone:
+            del self.table.data[key]
+        if self.service is not None:
+            self.service.forget(gone)
+        if gone:
+            log.info("rebalance: %d sessions now held by another worker forgotten", len(gone))
+        if held:
+            await self._catch_up(held)
+        self.metrics.active_sessions.set(len(self.table.data))
+
     async def _catch_up(self, partitions: set[int]) -> None:
-        """Read the changelog of newly assigned partitions to its real end before their first click.
+        """Read what Faust's table recovery can have missed: the changelog from where recovery stopped.
 
-        Faust's recovery stops at the broker's reported end offset. The embedded Tansu broker reports
-        the base offset of the last record batch + 1, so recovery silently drops the rest of that batch
+        Faust's recovery stops at the broker's reported end offset. The embedded Tansu broker reports the
+        base offset of the last record batch + 1, so recovery silently drops the rest of that batch
         (../shared/notes/embedded-broker.md): a restarted worker would lose a session's last clicks. This
-        reads the partitions again until the reported end is passed and a fetch comes back empty, and
-        applies every record (last write wins, tombstones delete). It runs only on Tansu (`_catch_up_needed`):
-        on Apache Kafka it would only confirm what recovery restored (a test shows both sides).
+        reads each partition from the last offset recovery applied (Faust's `active_offsets`) until the
+        reported end is passed and a fetch comes back empty, and applies every record (last write wins,
+        tombstones delete): a few records, not the whole changelog again. It runs inside the rebalance,
+        where the stream is paused anyway, never in the agent. It runs only on Tansu (`_catch_up_needed`):
+        on Apache Kafka recovery is exact (a test shows both sides).
 
-        A rebalance can hand back a partition this worker already served, with its latest changelog writes
-        still in the producer's buffer: reading before they land would restore an older history over the
-        newer one (a kill -9 test under load caught it), so the producer is flushed first."""
-        todo = partitions - self._caught_up
-        if not todo:
-            return
-        self._caught_up |= todo
+        A partition this worker served before the rebalance may have changelog writes still in the
+        producer's buffer: reading before they land would restore an older history over the newer one (a
+        kill -9 test under load caught it), so the producer is flushed first. A failed read is retried;
+        after the last try it is logged as an error and counted (`nextclick_changelog_catchup_total
+        {outcome="failed"}`), never dropped silently."""
         if not await self._catch_up_needed():
             return
         topic = self.table.changelog_topic.get_topic_name()
-        try:
-            await self.app.producer.flush()
-            latest = await asyncio.wait_for(read_changelog(self.settings.bootstrap, topic, sorted(todo)), 30)
-        except Exception as exc:  # never block the stream on the repair: log it loudly and go on
-            log.error("changelog catch-up of %s %s failed (%r): sessions may miss clicks", topic, todo, exc)
-            return
+        applied = self.app.tables.recovery.active_offsets
+        start = {p: max(applied.get(TP(topic, p)) or 0, 0) for p in sorted(partitions)}
+        for attempt in range(1, CATCHUP_ATTEMPTS + 1):
+            try:
+                await self.app.producer.flush()
+                latest, records = await asyncio.wait_for(
+                    read_changelog(self.settings.bootstrap, topic, start), CATCHUP_TIMEOUT
+                )
+                break
+            except Exception as exc:
+                if attempt == CATCHUP_ATTEMPTS:
+                    self.metrics.catchup.labels(outcome="failed").inc()
+                    log.error("changelog catch-up of %s %s failed %d times (last: %r): sessions there may "
+                              "miss their last clicks", topic, start, attempt, exc)  # fmt: skip
+                    return
+                await asyncio.sleep(attempt)
         restored = 0
         for key, value in latest.items():
             if value is None:
@@ -337,9 +364,10 @@ class Pipeline:
             else:
                 restored += self.table.data.get(key) != value
                 self.table.data[key] = value
-        log.info(
-            "changelog catch-up of partitions %s: %d sessions beyond Faust's recovery", sorted(todo), restored
-        )
+        self.metrics.catchup.labels(outcome="done").inc()
+        self.metrics.catchup_records.inc(records)
+        log.info("changelog catch-up of partitions %s from offsets %s: %d records read, %d sessions beyond "
+                 "Faust's recovery", sorted(partitions), start, records, restored)  # fmt: skip
 
     async def _catch_up_needed(self) -> bool:
         """NEXTCLICK_CHANGELOG_CATCHUP=1 / 0 decide; left at auto, only a broker recognised as Tansu gets
@@ -376,18 +404,25 @@ class Pipeline:
             },
         )
         self._delete(session_id, state["p"])
+        if self.service is not None:
+            self.service.forget([session_id])
         self.metrics.sessions_closed.labels(reason=reason).inc()
 
     async def expire(self) -> None:
-        horizon = self.max_event_time - self.settings.session_ttl
-        if self.max_event_time <= 0:
-            return
+        wall, ttl = time.time(), self.settings.session_ttl
         idle = [
-            (k, v) for k, v in list(self.table.data.items()) if v and v["times"] and v["times"][-1] < horizon
+            (key, state)
+            for key, state in list(self.table.data.items())
+            if state
+            and is_idle(
+                state.get("mark", state["times"][-1]), state.get("seen", wall), self.clock.now, wall, ttl
+            )
         ]
         for key, state in idle:
             await self._close(key, state, "idle")
         self.metrics.active_sessions.set(len(self.table.data))
+        if self.service is not None:
+            self.service.report_cache()
 
 
 def base_app(s: Settings) -> App:

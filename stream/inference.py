@@ -23,6 +23,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +41,16 @@ log = logging.getLogger("nextclick.inference")
 
 
 class StateCache:
-    """session id -> (known clicks absorbed, hidden state), least recently used evicted past `capacity`."""
+    """session id -> (known clicks absorbed, hidden state), least recently used evicted past `max_bytes`.
 
-    def __init__(self, capacity: int = 100_000) -> None:
-        self.capacity = capacity
+    Each entry is a copy of its row: a row of the batch's output is a view that keeps the whole batch's
+    tensor alive (a 256-row batch pinned 256 states per entry). Sessions that close or move to another
+    worker are dropped (`drop`, called by the worker), so the cache holds only what it may be asked for."""
+
+    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
+        self.max_bytes = max_bytes
         self.data: OrderedDict[str, tuple[int, torch.Tensor]] = OrderedDict()
+        self.nbytes = 0
         self.hits = 0
         self.misses = 0
 
@@ -58,10 +64,19 @@ class StateCache:
         return entry[1]
 
     def put(self, session_id: str, absorbed: int, state: torch.Tensor) -> None:
+        self.drop([session_id])
+        state = state.clone()
         self.data[session_id] = (absorbed, state)
-        self.data.move_to_end(session_id)
-        while len(self.data) > self.capacity:
-            self.data.popitem(last=False)
+        self.nbytes += state.nbytes
+        while self.nbytes > self.max_bytes and len(self.data) > 1:
+            _, (_, evicted) = self.data.popitem(last=False)
+            self.nbytes -= evicted.nbytes
+
+    def drop(self, session_ids: Iterable[str]) -> None:
+        for session_id in session_ids:
+            entry = self.data.pop(session_id, None)
+            if entry is not None:
+                self.nbytes -= entry[1].nbytes
 
 
 @dataclass
@@ -148,6 +163,17 @@ class InferenceService:
             self._task.cancel()
             self._task = None
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def forget(self, session_ids: Iterable[str]) -> None:
+        """Sessions that closed or went to another worker: their cached states go, in the model's thread
+        (the cache is only ever touched there)."""
+        if self.served.cache is not None:
+            self.pool.submit(self.served.cache.drop, list(session_ids))
+
+    def report_cache(self) -> None:
+        cache = self.served.cache
+        self.metrics.state_cache_bytes.set(cache.nbytes if cache is not None else 0)
+        self.metrics.state_cache_sessions.set(len(cache.data) if cache is not None else 0)
 
     def swap(self, served: Served) -> None:
         """Serve another model from the next micro-batch on."""

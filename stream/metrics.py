@@ -99,6 +99,23 @@ class Metrics:
         self.sessions_closed = Counter(
             "nextclick_sessions_closed_total", "Sessions closed", ["reason"], registry=r
         )
+        self.catchup = Counter(
+            "nextclick_changelog_catchup_total",
+            "Changelog repairs after a rebalance (Tansu's end offsets), by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.catchup_records = Counter(
+            "nextclick_changelog_catchup_records_total",
+            "Changelog records the repair read (only what Faust's recovery can have missed)",
+            registry=r,
+        )
+        self.state_cache_bytes = Gauge(
+            "nextclick_state_cache_bytes", "Hidden states cached for incremental models", registry=r
+        )
+        self.state_cache_sessions = Gauge(
+            "nextclick_state_cache_sessions", "Sessions with a cached hidden state", registry=r
+        )
 
         # every known label value starts at 0, so that dashboards and alerts see a series (and a rate of 0)
         # before the first event of its kind
@@ -110,6 +127,8 @@ class Metrics:
             self.recommendations.labels(source=source)
         for reason in ("idle", "too_long"):
             self.sessions_closed.labels(reason=reason)
+        for outcome in ("done", "failed"):
+            self.catchup.labels(outcome=outcome)
         for reason in ("invalid_checkpoint", "load_error"):
             self.model_load_failures.labels(reason=reason)
 

@@ -223,7 +223,7 @@ def stored_sessions(bootstrap: str, topics: Topics) -> dict:
     from stream.config import Settings
 
     partitions = list(range(Settings().partitions))
-    return asyncio.run(read_changelog(bootstrap, f"{topics.app_id}-sessions-changelog", partitions))
+    return asyncio.run(read_changelog(bootstrap, f"{topics.app_id}-sessions-changelog", partitions))[0]
 
 
 def group_positions(bootstrap: str, group: str, topic: str) -> dict[int, tuple[int | None, int]] | str:

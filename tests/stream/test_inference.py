@@ -47,7 +47,9 @@ def test_cached_gru4rec_answers_equal_full_recomputation_and_cost_one_step():
 
 def test_a_lost_cache_entry_is_rebuilt_from_the_history():
     model = _gru()
-    served = Served(model, "gru4rec", "v1", (["i1"], [1.0]), cache=StateCache(capacity=1))
+    served = Served(
+        model, "gru4rec", "v1", (["i1"], [1.0]), cache=StateCache(max_bytes=1)
+    )  # room for one entry
     history = ["i3", "i7", "i9"]
 
     async def run():
@@ -114,3 +116,51 @@ def test_a_swap_between_enqueue_and_inference_keeps_each_request_with_its_model(
     assert (first.model, first.version) == ("vsknn", "v1") and set(first.items) <= set(old_vocab.ids)
     assert (second.model, second.version, second.items) == ("pop", "v2", ["a", "b"])
     assert metrics.registry.get_sample_value("nextclick_model_swaps_total") == 1
+
+
+def test_cached_states_are_their_own_copies_bounded_by_bytes_and_forgotten_sessions_go():
+    """Each entry used to be a view of its batch's output (pinning the whole batch), the cache counted
+    entries, not bytes, and closed or moved sessions stayed until evicted."""
+    model = _gru()
+    one_state = 16 * 4  # layers=[16], float32
+    served = Served(model, "gru4rec", "v1", (["i1"], [1.0]), cache=StateCache(max_bytes=3 * one_state))
+    sessions = {f"s{j}": [f"i{j + 1}", f"i{j + 2}"] for j in range(8)}
+
+    async def run() -> None:
+        service = InferenceService(served, Metrics(), k=5)
+        await service.recommend_many([(h, sid) for sid, h in sessions.items()])  # one batch of 8
+        cache = served.cache
+        assert cache is not None
+        assert list(cache.data) == ["s5", "s6", "s7"]  # the newest three fit in the bytes allowed
+        for _, state in cache.data.values():
+            assert state.untyped_storage().nbytes() == state.nbytes == one_state  # no batch behind it
+        assert cache.nbytes == 3 * one_state
+        service.forget(["s6", "gone-elsewhere"])
+        await asyncio.get_running_loop().run_in_executor(service.pool, lambda: None)  # after the drop
+        assert list(cache.data) == ["s5", "s7"] and cache.nbytes == 2 * one_state
+        service.report_cache()
+        assert service.metrics.registry.get_sample_value("nextclick_state_cache_bytes") == 2 * one_state
+        await service.stop()
+
+    asyncio.run(run())
+
+
+def test_a_served_model_sees_the_whole_session_as_offline_evaluation_does():
+    """Serving cut a history to its last 50 known clicks; evaluation scores the whole session."""
+    vocab = ItemVocab([f"i{i}" for i in range(1, 81)])
+    knn = SessionKnn(vocab)
+    knn.fit(Sessions.from_lists([[*list(range(1, 11)), 70], [60] * 3 + [71], [60, 72]]))
+    # 65 clicks; the last 55 on an item no training session has: only the first 10 find neighbours
+    history = [f"i{i}" for i in range(1, 11)] + ["i80"] * 55
+    served = Served(knn, "vsknn", "v1", (["i1"], [1.0]))
+
+    async def run():
+        service = InferenceService(served, Metrics(), k=3)
+        answer = await service.recommend(history)
+        await service.stop()
+        return answer
+
+    want, _ = knn.recommend([vocab.lookup(history)], k=3)
+    cut, _ = knn.recommend([vocab.lookup(history[-50:])], k=3)
+    assert want.tolist() != cut.tolist()  # the cut changes the answer here
+    assert asyncio.run(run()).items == vocab.decode(want[0].tolist())

@@ -37,7 +37,7 @@ def test_prometheus_scrapes_a_worker_and_the_trainer_and_every_expression_return
     prometheus = shutil.which("prometheus")
     if prometheus is None:
         pytest.skip("prometheus not installed (.ci/run installs the Debian package)")
-    model, meta = load_checkpoint(served_checkpoint)
+    model, _meta = load_checkpoint(served_checkpoint)
     registry = Registry(tmp_path / "registry")
     registry.publish(model)
     s = synthetic_sessions(300, n_items=300, seed=1)

@@ -287,7 +287,7 @@ def test_workers_joining_and_leaving_under_load_lose_no_click_and_no_history(
 def test_a_broker_frozen_for_10_s_loses_nothing_and_everyone_recovers(engine, served_checkpoint, tmp_path):
     """A broker of its own, a worker and the trainer's session log; the load's producer is idempotent, as
     any producer that must ride out a broker stall should be."""
-    model, meta = load_checkpoint(served_checkpoint)
+    model, _meta = load_checkpoint(served_checkpoint)
     registry = Registry(tmp_path / "registry")
     registry.publish(model)
     topics = Topics()
@@ -411,7 +411,7 @@ def _wait_serving(worker: Worker, version: str, timeout: float = 30.0) -> None:
 def test_a_trainer_killed_mid_training_or_mid_publish_publishes_nothing(
     bootstrap, topics, served_checkpoint, tmp_path
 ):
-    model, meta = load_checkpoint(served_checkpoint)
+    model, _meta = load_checkpoint(served_checkpoint)
     registry = Registry(tmp_path / "registry")
     registry.publish(model)
     s = synthetic_sessions(1500, n_items=300, seed=5)
