@@ -20,8 +20,9 @@ Initialisation as in the reference: U(±sqrt(6 / (fan_in + fan_out))) per gate b
 
 Extensions from the article (../shared/papers/002): `dwell_time` = t repeats a training click
 floor(dwell / t) + 1 times (dwell = time to the next click; the last click of a session, whose dwell is
-unknown, once; at most `max_repeat` times); `hrnn` gives each user a GRU across their sessions whose state
-initialises the first layer of their next session (sessions without a user start from zeros).
+unknown, once; at most `max_repeat` times). The article's user-level HRNN is not offered: it was trained
+here once, but evaluation, serving and the session log all start every session from zeros, so it could
+only cost training time (the stream would have to carry each user's state between sessions first).
 For the stream, `step` advances a batch of sessions by one click from their stored hidden states in O(1).
 """
 
@@ -71,7 +72,6 @@ class GRU4RecParams:
     n_epochs: int = 10
     dwell_time: float = 0.0  # seconds per repeat (0 = off)
     max_repeat: int = 10
-    hrnn: bool = False
     seed: int = 42
 
 
@@ -235,9 +235,6 @@ class GRU4Rec(Bf16Scoring, nn.Module):
             self.emb = nn.Embedding(n_items + 1, p.embedding, sparse=True)
             _glorot_(self.emb.weight)
         self.gru = GRUStack(n_items, p)
-        if p.hrnn:
-            self.user_gru = nn.GRUCell(d_out, p.layers[0])
-            self.user_init = nn.Linear(p.layers[0], p.layers[0])
         self.drop_embed = nn.Dropout(p.dropout_p_embed)
         self.drop_hidden = nn.Dropout(p.dropout_p_hidden)
 
@@ -306,13 +303,12 @@ class GRU4RecRecommender(Recommender):
             else None
         )
         opt = AdagradM(self.net.parameters(), lr=p.learning_rate, momentum=p.momentum, nesterov=p.nesterov)
-        users = train.users if p.hrnn else None
         history: dict[str, Any] = {"epochs": []}
         n_events = int((train.lengths[train.lengths >= 2] - 1).sum())
         for epoch in range(1, p.n_epochs + 1):
             t0 = time.perf_counter()
             loss = self._epoch(
-                train, sampler, log_pop, opt, users, progress, f"gru4rec epoch {epoch}", n_events
+                train, sampler, log_pop, opt, progress, f"gru4rec epoch {epoch}", n_events
             )
             seconds = time.perf_counter() - t0
             record: dict[str, Any] = {
@@ -338,7 +334,6 @@ class GRU4RecRecommender(Recommender):
         sampler: NegativeSampler | None,
         log_pop: torch.Tensor | None,
         opt: torch.optim.Optimizer,
-        users: np.ndarray | None,
         progress: bool,
         desc: str,
         n_events: int,
@@ -346,8 +341,6 @@ class GRU4RecRecommender(Recommender):
         p, net, dev = self.params, self.net, self.device
         net.train()
         state = torch.zeros(min(p.batch_size, len(train)), net.state_size, device=dev)
-        user_state: dict[int, torch.Tensor] = {}
-        user_last: dict[int, torch.Tensor] = {}
         total, steps = 0.0, 0
         items = torch.from_numpy(train.items).to(dev)
         bar = tqdm(
@@ -359,12 +352,10 @@ class GRU4RecRecommender(Recommender):
             leave=False,
             mininterval=1.0,
         )
-        for inp, out, reset, session in session_parallel(train.offsets, p.batch_size):
+        for inp, out, reset, _ in session_parallel(train.offsets, p.batch_size):
             state = state.detach()
             if reset.any():
                 state = state.masked_fill(torch.from_numpy(reset).to(dev).unsqueeze(1), 0.0)
-                if users is not None:
-                    state = self._user_start(state, reset, session, users, user_state, user_last)
             x_idx, y_idx = items[torch.from_numpy(inp)], items[torch.from_numpy(out)]
             vec, state = net.step(x_idx, state)
             cand = y_idx if sampler is None else torch.cat([y_idx, torch.from_numpy(sampler()).to(dev)])
@@ -379,11 +370,6 @@ class GRU4RecRecommender(Recommender):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if users is not None:
-                ended = np.flatnonzero(out + 1 >= train.offsets[session + 1])
-                for slot in ended:
-                    if users[session[slot]] >= 0:
-                        user_last[int(users[session[slot]])] = state[slot, : p.layers[0]].detach()
             if steps % 50 == 0:
                 current = loss.item()
                 total += current
@@ -392,33 +378,6 @@ class GRU4RecRecommender(Recommender):
             bar.update(len(inp))
         bar.close()
         return total / max(1, (steps + 49) // 50)
-
-    def _user_start(
-        self,
-        state: torch.Tensor,
-        reset: np.ndarray,
-        session: np.ndarray,
-        users: np.ndarray,
-        user_state: dict[int, torch.Tensor],
-        user_last: dict[int, torch.Tensor],
-    ) -> torch.Tensor:
-        """HRNN: a session of a known user starts from tanh(W c_u), c_u = UserGRU(last session's state, c_u)."""
-        slots = [
-            s for s in np.flatnonzero(reset) if users[session[s]] >= 0 and int(users[session[s]]) in user_last
-        ]
-        if not slots:
-            return state
-        h = self.params.layers[0]
-        uid = [int(users[session[s]]) for s in slots]
-        last = torch.stack([user_last[u] for u in uid])
-        prev = torch.stack([user_state.get(u, torch.zeros(h, device=self.device)) for u in uid])
-        c = self.net.user_gru(last, prev)
-        init = torch.tanh(self.net.user_init(c))
-        for u, row in zip(uid, c.detach(), strict=True):
-            user_state[u] = row
-        state = state.clone()
-        state[torch.as_tensor(slots, device=self.device), :h] = init
-        return state
 
     # -- inference -----------------------------------------------------------------------------------------
     def initial_state(self, batch: int) -> torch.Tensor:

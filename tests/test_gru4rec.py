@@ -120,17 +120,11 @@ def test_gru4rec_learns_and_round_trips(tiny_data, tmp_path):
     assert math.isfinite(history["epochs"][-1]["loss"])
 
 
-def test_hrnn_learns_a_user_level_state():
-    from model.synthetic import synthetic_sessions
+def test_hrnn_is_not_offered_since_nothing_could_use_its_user_state(capsys):
+    """It was trained, then ignored: evaluation, serving and the session log started every session from
+    zeros. Asked for, it is one clear line, not a silently useless model."""
+    from stream.cli import main
 
-    s = synthetic_sessions(600, n_items=100, seed=1)
-    users = np.where(np.arange(len(s)) % 5 == 0, -1, np.arange(len(s)) % 40)  # some anonymous sessions
-    train = Sessions(s.offsets, s.items, s.times, users)
-    vocab = ItemVocab([str(i) for i in range(1, 101)])
-    model = GRU4RecRecommender(
-        vocab, GRU4RecParams(layers=[16], n_sample=16, batch_size=8, n_epochs=1, hrnn=True)
-    )
-    before = model.net.user_gru.weight_ih.detach().clone()
-    model.fit(train)
-    assert not torch.equal(before, model.net.user_gru.weight_ih)  # the user GRU got gradients
-    assert torch.isfinite(model.score([np.array([1, 2])])[:, 1:]).all()
+    argv = ["train", "--model", "gru4rec", "--data", "synthetic:100", "--set", "hrnn=true", "--quiet"]
+    assert main(argv) == 2
+    assert "unknown hyperparameter" in capsys.readouterr().err
