@@ -307,9 +307,7 @@ class GRU4RecRecommender(Recommender):
         n_events = int((train.lengths[train.lengths >= 2] - 1).sum())
         for epoch in range(1, p.n_epochs + 1):
             t0 = time.perf_counter()
-            loss = self._epoch(
-                train, sampler, log_pop, opt, progress, f"gru4rec epoch {epoch}", n_events
-            )
+            loss = self._epoch(train, sampler, log_pop, opt, progress, f"gru4rec epoch {epoch}", n_events)
             seconds = time.perf_counter() - t0
             record: dict[str, Any] = {
                 "epoch": epoch,

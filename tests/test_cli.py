@@ -4,6 +4,8 @@ import sys
 
 import pytest
 
+from model.checkpoint import load_checkpoint
+from model.training import evaluate_model, open_data, remap_test
 from stream.cli import main
 
 
@@ -43,8 +45,15 @@ def test_eval_on_data_with_another_vocabulary_counts_unknowns_as_misses(tmp_path
     assert main(["train", "--model", "pop", "--data", "synthetic:800", "--out", str(out), "--quiet"]) == 0
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(out), "--data", "synthetic:900", "--json", "--quiet"]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["n"] > 0
+    printed = capsys.readouterr()
+    result = json.loads(printed.out.strip().splitlines()[-1])
+    data = open_data("synthetic:900")
+    model, _ = load_checkpoint(out)
+    mapped, misses = remap_test(data, model.vocab)
+    assert misses > 0 and f"{misses} test samples with no known prefix item" in printed.err
+    assert result["n"] == len(data.test) == len(mapped.test) + misses  # every sample counted once
+    kept = evaluate_model(model, mapped, [20])
+    assert result["recall@20"] == pytest.approx(kept["recall@20"] * len(mapped.test) / len(data.test))
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,7 @@ def test_a_crash_mid_publish_leaves_nothing_visible(tmp_path, model):
     (staging / "meta.json").write_text("{")
     assert reg.names() == [v1] and reg.latest() == v1
     assert reg.publish(model) == "v000002"
-    assert not staging.exists() or (tmp_path / "v000002").is_dir()
+    assert not staging.exists() and (tmp_path / "v000002").is_dir()  # the leftover is cleared first
 
 
 def test_corrupt_versions_are_refused(tmp_path, model):

@@ -123,7 +123,8 @@ def test_cached_states_are_their_own_copies_bounded_by_bytes_and_forgotten_sessi
     entries, not bytes, and closed or moved sessions stayed until evicted."""
     model = _gru()
     one_state = 16 * 4  # layers=[16], float32
-    served = Served(model, "gru4rec", "v1", (["i1"], [1.0]), cache=StateCache(max_bytes=3 * one_state))
+    cost = one_state + StateCache.ENTRY_OVERHEAD
+    served = Served(model, "gru4rec", "v1", (["i1"], [1.0]), cache=StateCache(max_bytes=3 * cost))
     sessions = {f"s{j}": [f"i{j + 1}", f"i{j + 2}"] for j in range(8)}
 
     async def run() -> None:
@@ -134,12 +135,12 @@ def test_cached_states_are_their_own_copies_bounded_by_bytes_and_forgotten_sessi
         assert list(cache.data) == ["s5", "s6", "s7"]  # the newest three fit in the bytes allowed
         for _, state in cache.data.values():
             assert state.untyped_storage().nbytes() == state.nbytes == one_state  # no batch behind it
-        assert cache.nbytes == 3 * one_state
+        assert cache.nbytes == 3 * cost
         service.forget(["s6", "gone-elsewhere"])
         await asyncio.get_running_loop().run_in_executor(service.pool, lambda: None)  # after the drop
-        assert list(cache.data) == ["s5", "s7"] and cache.nbytes == 2 * one_state
+        assert list(cache.data) == ["s5", "s7"] and cache.nbytes == 2 * cost
         service.report_cache()
-        assert service.metrics.registry.get_sample_value("nextclick_state_cache_bytes") == 2 * one_state
+        assert service.metrics.registry.get_sample_value("nextclick_state_cache_bytes") == 2 * cost
         await service.stop()
 
     asyncio.run(run())

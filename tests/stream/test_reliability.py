@@ -129,7 +129,9 @@ def fuzz_worker(bootstrap, served_checkpoint, tmp_path_factory):
     worker.stop()
 
 
-@settings(max_examples=2, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+# 8 examples on the live worker, each with every hostile kind three times (53 hostile messages among 250
+# valid clicks); the parser alone gets 400 examples in tests/test_clicks_fuzz.py
+@settings(max_examples=8, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_hostile_messages_mixed_into_traffic_go_to_the_dlq_and_every_valid_click_is_answered(
     data, fuzz_worker, bootstrap, served_checkpoint
