@@ -143,11 +143,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
         read_meta(checkpoint)  # a bad path is one line here, not a traceback inside the worker
     from faust import Worker
 
+    from model.base import resolve_device
     from stream.app import create_app
     from stream.clients import require_broker
     from stream.config import Settings
+    from stream.metrics import require_free_port
 
     settings = Settings.from_env()
+    resolve_device(settings.device)  # NEXTCLICK_DEVICE=cuda without a GPU: one line, before Faust starts
+    require_free_port(settings.metrics_port, settings.metrics_addr, "--metrics-port")
     require_broker(settings.bootstrap)
     app = create_app(settings)
     Worker(app, loglevel=args.loglevel).execute_from_commandline()
@@ -157,9 +161,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_trainer(args: argparse.Namespace) -> int:
     import logging
 
+    from model.base import resolve_device
     from model.params import parse_sets
     from stream.clients import require_broker
     from stream.config import Settings
+    from stream.metrics import require_free_port
     from stream.trainer import Trainer, TrainerSettings
 
     logging.basicConfig(
@@ -192,6 +198,8 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         metrics_addr=args.metrics_addr,
         device=args.device,
     )
+    resolve_device(args.device)
+    require_free_port(args.metrics_port, args.metrics_addr, "--metrics-port")
     require_broker(settings.bootstrap)
     Trainer(settings).run(once=args.once)
     return 0

@@ -146,6 +146,9 @@ def first_model(registry: Path, log_dir: Path) -> None:
 
 
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
+    from stream.metrics import require_free_port
+
+    require_free_port(opts.metrics_port, "0.0.0.0", "--metrics-port")  # the worker's, before anything starts
     work = Path(opts.workdir) if opts.workdir else Path(tempfile.mkdtemp(prefix="nextclick-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     say = (lambda *_: None) if opts.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))

@@ -60,7 +60,12 @@ class ModelWatcher:
         self.wake = asyncio.Event()
 
     async def first(self) -> Served:
-        """The version to start with; waits (polling) while the registry has none yet."""
+        """The version to start with; waits (polling) while the registry has none yet.
+
+        A LATEST that names a version which cannot be served (pruned by hand, copied in half, corrupt) is
+        refused with an error line and the newest version that loads serves meanwhile: a stale registry
+        must not leave every visitor without an answer. The worker moves to LATEST's version as soon as
+        LATEST names one that loads."""
         warned = False
         while True:
             version = self.registry.latest()
@@ -68,6 +73,15 @@ class ModelWatcher:
                 served = await self._try_load(version)
                 if served is not None:
                     return served
+            if version is not None:
+                for other in reversed(self.registry.names()):
+                    if other in self.refused:
+                        continue
+                    served = await self._try_load(other)
+                    if served is not None:
+                        log.error("LATEST names %s, which cannot be served; serving %s, the newest version "
+                                  "that loads, until LATEST names one that does", version, other)  # fmt: skip
+                        return served
             if not warned:
                 log.warning("registry %s has no servable version yet; waiting for one", self.registry.root)
                 warned = True
@@ -97,9 +111,8 @@ class ModelWatcher:
         except Exception as exc:
             self.refused.add(version)
             reason = "invalid_checkpoint" if isinstance(exc, UserError) else "load_error"
-            log.error(
-                "refusing model version %s (%s: %s); the current model keeps serving", version, reason, exc
-            )
+            keeps = f"{self.current} keeps serving" if self.current else "no model serves yet"
+            log.error("refusing model version %s (%s: %s); %s", version, reason, exc, keeps)
             self.on_refused(version, reason)
             return None
         self.current = version

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from model.errors import UserError
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DLQ_REASONS = (
@@ -139,3 +143,19 @@ class Metrics:
     def set_model(self, model: str, version: str) -> None:
         self.model_info.clear()
         self.model_info.labels(model=model, version=version).set(1)
+
+
+def require_free_port(port: int, addr: str, flag: str) -> None:
+    """One clear line before a process starts, not a traceback from inside the running worker (the
+    endpoint is bound only once Faust is up)."""
+    if not port:
+        return
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the endpoint's server binds
+        try:
+            probe.bind((addr, port))
+        except OSError as exc:
+            raise UserError(
+                f"{flag} {port}: cannot listen on {addr}:{port} ({exc.strerror}); pick another port, or 0 "
+                "for no metrics endpoint"
+            ) from None

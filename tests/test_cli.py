@@ -115,3 +115,37 @@ def test_model_publish_list_promote(tmp_path, capsys):
     assert (reg / "LATEST").read_text().strip() == "v000001"
     assert main(["model", "promote", "v000009", "--registry", str(reg)]) == 2
     assert "no version v000009" in capsys.readouterr().err
+
+
+def test_a_taken_metrics_port_or_a_missing_gpu_is_one_line_before_the_worker_starts(tmp_path):
+    """Both used to crash inside the running Faust worker with a traceback."""
+    import os
+    import socket
+
+    import torch
+
+    ck = tmp_path / "ck"
+    assert main(["train", "--model", "pop", "--data", "synthetic:300", "--out", str(ck), "--quiet"]) == 0
+    env = {**os.environ, "KAFKA_BOOTSTRAP": "127.0.0.1:1"}
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        cases = [
+            (["worker", "--checkpoint", str(ck), "--metrics-port", port], {}, "cannot listen on"),
+            (["trainer", "--registry", str(tmp_path / "r"), "--metrics-port", port], {}, "cannot listen on"),
+            (["demo", "--metrics-port", port], {}, "cannot listen on"),
+        ]
+        if not torch.cuda.is_available():
+            cases.append(
+                (["worker", "--checkpoint", str(ck)], {"NEXTCLICK_DEVICE": "cuda"}, "CUDA is not available")
+            )
+        for argv, extra, message in cases:
+            proc = subprocess.run(
+                [sys.executable, "-m", "stream.cli", *argv],
+                capture_output=True,
+                text=True,
+                env={**env, **extra},
+            )
+            assert proc.returncode == 2, proc.stderr[-2000:]
+            assert message in proc.stderr.strip().splitlines()[-1] and "Traceback" not in proc.stderr

@@ -69,3 +69,31 @@ def test_the_canary_refuses_nan_weights(tmp_path, model):
     save_file(tensors, str(reg.path(v1) / WEIGHTS))
     with pytest.raises(CheckpointError, match="non-finite"):
         verify(reg.path(v1))
+
+
+def test_a_worker_whose_latest_names_a_missing_version_serves_the_newest_one_that_loads(tmp_path, model):
+    """A stale LATEST (a version pruned or copied by hand) used to leave a starting worker waiting for
+    ever, answering nobody."""
+    import asyncio
+
+    from stream.hotswap import ModelWatcher, load_verified
+
+    reg = Registry(tmp_path)
+    reg.publish(model)
+    (tmp_path / "LATEST").write_text("v000007\n")
+    refused: list[str] = []
+
+    async def first():
+        watcher = ModelWatcher(
+            str(tmp_path),
+            bootstrap="127.0.0.1:1",
+            topic="model-updates",
+            poll_interval=0.1,
+            load=lambda path: load_verified(path, "cpu", 20, False),
+            on_swap=None,  # type: ignore[arg-type]
+            on_refused=lambda version, reason: refused.append(version),
+        )
+        return await asyncio.wait_for(watcher.first(), 20)
+
+    served = asyncio.run(first())
+    assert served.version == "v000001" and refused == ["v000007"]
