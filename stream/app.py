@@ -327,9 +327,13 @@ class Pipeline:
         Faust's recovery stops at the broker's reported end offset. The embedded Tansu broker reports the
         base offset of the last record batch + 1, so recovery silently drops the rest of that batch
         (../shared/notes/embedded-broker.md): a restarted worker would lose a session's last clicks. This
-        reads each partition from the last offset recovery applied (Faust's `active_offsets`) until the
-        reported end is passed and a fetch comes back empty, and applies every record (last write wins,
-        tombstones delete): a few records, not the whole changelog again. It runs inside the rebalance,
+        reads each partition from the highwater recovery read to (Faust's `active_highwaters`: the reported
+        end - 1, the last batch's base offset) until that record and the reported end are passed and a
+        fetch comes back empty, and applies every record (last write wins, tombstones delete): a few
+        records, not the whole changelog again. Not from Faust's `active_offsets`: records fetched after
+        recovery ended are counted there but sit unapplied in Faust's recovery buffer (a CI run lost a
+        session's clicks that way); the repair supersedes them, so they are dropped from that buffer,
+        where a later flush would otherwise put them back over newer state. It runs inside the rebalance,
         where the stream is paused anyway, never in the agent. It runs only on Tansu (`_catch_up_needed`):
         on Apache Kafka recovery is exact (a test shows both sides).
 
@@ -341,8 +345,8 @@ class Pipeline:
         if not await self._catch_up_needed():
             return
         topic = self.table.changelog_topic.get_topic_name()
-        applied = self.app.tables.recovery.active_offsets
-        start = {p: max(applied.get(TP(topic, p)) or 0, 0) for p in sorted(partitions)}
+        recovery = self.app.tables.recovery
+        start = {p: max(recovery.active_highwaters.get(TP(topic, p)) or 0, 0) for p in sorted(partitions)}
         for attempt in range(1, CATCHUP_ATTEMPTS + 1):
             try:
                 await self.app.producer.flush()
@@ -357,6 +361,9 @@ class Pipeline:
                               "miss their last clicks", topic, start, attempt, exc)  # fmt: skip
                     return
                 await asyncio.sleep(attempt)
+        buffered = recovery.buffers.get(self.table)
+        if buffered:  # older than what was just read (see above)
+            buffered[:] = [event for event in buffered if event.message.partition not in partitions]
         restored = 0
         for key, value in latest.items():
             if value is None:
