@@ -113,6 +113,7 @@ def test_every_alert_has_a_signal_a_threshold_and_a_summary():
         "NextclickTrainerStale",
         "NextclickDlqRate",
         "NextclickNoRecommendations",
+        "NextclickChangelogRepairFailed",
     }
     for r in rules:
         signal_of(r["expr"])
