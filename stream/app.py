@@ -246,7 +246,8 @@ class Pipeline:
                 state["items"].append(click.item_id)
                 state["times"].append(stamp)
                 state["p"], state["o"] = msg.partition, msg.offset
-                # idle time starts at the event time of the worker, not at the producer's stamp
+                # idle time starts at the click's stamp, kept between the worker's event time and its wall
+                # clock (stream.expiry): no producer's clock ages another visitor's session
                 state["mark"], state["seen"] = self.clock.observe(click.session_id, stamp, wall), wall
             # a redelivered click (at-least-once: a rebalance or crash before the offset commit) is in the
             # history already: it is answered again from the history as it stands and appended nothing
