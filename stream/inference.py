@@ -69,7 +69,9 @@ class StateCache:
         return entry[1]
 
     def put(self, session_id: str, absorbed: int, state: torch.Tensor) -> None:
-        self.drop([session_id])
+        old = self.data.pop(session_id, None)  # per click: no list, no loop
+        if old is not None:
+            self.nbytes -= old[1].nbytes + self.ENTRY_OVERHEAD
         state = state.clone()
         self.data[session_id] = (absorbed, state)
         self.nbytes += state.nbytes + self.ENTRY_OVERHEAD
