@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model.sessions import Samples
+from model.data.sessions import Samples
 
 Scorer = Callable[[list[np.ndarray]], torch.Tensor]
 

@@ -1,7 +1,7 @@
 """A bare Faust agent, the floor under `nextclick worker` in `scripts/bench_serve.py --bare`.
 
 Per click: a JSON parse, one table update (one changelog write) and one JSON message out; no validation,
-no model, no metrics. Same transport, broker settings and topics as the worker (`stream.app.base_app`,
+no model, no metrics. Same transport, broker settings and topics as the worker (`stream.worker.pipeline.base_app`,
 settings from the environment), so the difference between the two is what the pipeline itself costs.
 This is the kind of agent issue #6 quotes for scale. With BARE_AGENT_BATCH=1 it takes clicks in batches
 as the worker does (NEXTCLICK_BATCH_SIZE clicks or NEXTCLICK_BATCH_WAIT_MS), one at a time otherwise.
@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from faust.types import EventT, StreamT
 
-from stream.app import base_app
-from stream.config import Settings
+from stream.settings import Settings
+from stream.worker.pipeline import base_app
 
 settings = Settings.from_env()
 app = base_app(settings)

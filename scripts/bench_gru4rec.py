@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.data import load_data
-from model.gru4rec import GRU4RecParams, GRU4RecRecommender
-from model.params import build_params, read_config
-from model.sessions import Sessions
+from model.data.load import load_data
+from model.data.sessions import Sessions
+from model.models.gru4rec import GRU4RecParams, GRU4RecRecommender
+from model.training.params import build_params, read_config
 
 
 def main() -> None:

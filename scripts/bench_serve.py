@@ -31,12 +31,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.checkpoint import save_checkpoint
-from model.data import load_data
-from model.fallback import recent_popularity
-from model.training import make_model
-from stream.broker import ENGINES
-from stream.clients import consumer, producer
+from model.data.load import load_data
+from model.lifecycle.checkpoint import save_checkpoint
+from model.lifecycle.experiment import make_model
+from model.models.fallback import recent_popularity
+from stream.kafka.broker import ENGINES
+from stream.kafka.clients import consumer, producer
 from tests.stream.harness import Topics, Worker, local_broker
 
 

@@ -27,11 +27,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.data import load_data
-from model.layers import pad_windows
-from model.runtime import tune_malloc
-from model.sessions import prefix_samples
-from model.training import make_model
+from model.data.load import load_data
+from model.data.sessions import prefix_samples
+from model.lifecycle.experiment import make_model
+from model.models.layers import pad_windows
+from model.training.runtime import tune_malloc
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Memory of the GRU4Rec state cache: entries that are views of their batch (before) against copies.
 
 A stream of batches: each step asks about `batch` sessions drawn from `live` live sessions, and every
-answered session's new hidden state goes into the cache, as `stream.inference` does. Before issue #16 an
+answered session's new hidden state goes into the cache, as `stream.worker.inference` does. Before issue #16 an
 entry was a row view of the step's output tensor, which keeps the whole (batch, state) tensor alive while
 any of its rows is cached; now each entry is a copy and the cache counts bytes. Reported: the bytes the
 cached tensors keep alive (unique storages), the bytes their rows hold, and the process's resident memory
@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stream.inference import StateCache
+from stream.worker.inference import StateCache
 
 
 def rss_bytes() -> int:

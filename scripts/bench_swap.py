@@ -24,13 +24,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.data import load_data
-from model.fallback import recent_popularity
-from model.registry import Registry
-from model.training import make_model
+from model.data.load import load_data
+from model.lifecycle.experiment import make_model
+from model.lifecycle.registry import Registry
+from model.models.fallback import recent_popularity
 from scripts.bench_serve import ids_of, interleave
-from stream.broker import EmbeddedBroker
-from stream.clients import consumer, producer
+from stream.kafka.broker import EmbeddedBroker
+from stream.kafka.clients import consumer, producer
 from tests.stream.harness import Topics, Worker
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.params import parse_sets
-from model.training import make_model, open_data, seed_everything
+from model.data.load import load_data
+from model.lifecycle.experiment import make_model, seed_everything
+from model.training.params import parse_sets
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
     ap.add_argument("--out", help="JSON file for the results")
     args = ap.parse_args()
 
-    data = open_data(args.data)
+    data = load_data(args.data)
     fit, valid = data.train_valid(0.1)
     names = [g.split("=", 1)[0] for g in args.grid]
     values = [g.split("=", 1)[1].split(",") for g in args.grid]

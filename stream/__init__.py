@@ -1,1 +1,7 @@
-"""nextclick's streaming side: the Faust app, the inference service, the trainer loop and the CLI."""
+"""nextclick's streaming side: Kafka, Faust and Prometheus around the models of `model`.
+
+`worker/` is the Faust app and everything on its per-click path; `kafka/` the brokers and the clients the
+CLI, demo and trainer use; `settings` the one settings mechanism (flags > environment > defaults);
+`metrics` every Prometheus metric; `trainer`, `cli`, `demo` the commands; `app` the entry module for
+`faust -A stream.app worker`. `model` never imports from here.
+"""

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from model.errors import UserError
-from stream.broker import ENGINES
+from stream.kafka.broker import ENGINES
 
 EXIT_USER_ERROR = 2
 
@@ -27,23 +27,23 @@ def _print_result(result: dict[str, Any], as_json: bool, ks: list[int]) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from model import distributed
-    from model.base import resolve_device
-    from model.checkpoint import save_checkpoint
-    from model.neural import NeuralRecommender
-    from model.params import parse_sets, read_config
-    from model.training import (
+    from model.data.load import load_data
+    from model.lifecycle.checkpoint import save_checkpoint
+    from model.lifecycle.experiment import (
         evaluate_model,
         fit_model,
         make_model,
-        open_data,
         seed_everything,
     )
+    from model.models.base import resolve_device
+    from model.models.neural import NeuralRecommender
+    from model.training import distributed
+    from model.training.params import parse_sets, read_config
 
     device = resolve_device(args.device)
     parallel = distributed.init_from_env(device)
     seed_everything(args.seed)
-    data = open_data(args.data, args.format)
+    data = load_data(args.data, args.format)
     config = read_config(args.config) if args.config else None
     model = make_model(
         args.model, data, config=config, sets=parse_sets(args.set), epochs=args.epochs, device=device
@@ -81,13 +81,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from model.base import resolve_device
-    from model.checkpoint import load_checkpoint
-    from model.training import evaluate_model, open_data, remap_test
+    from model.data.load import load_data
+    from model.lifecycle.checkpoint import load_checkpoint
+    from model.lifecycle.experiment import evaluate_model, remap_test
+    from model.models.base import resolve_device
 
     device = resolve_device(args.device)
     model, meta = load_checkpoint(args.checkpoint, device)
-    data = open_data(args.data, args.format)
+    data = load_data(args.data, args.format)
     misses = 0
     if data.vocab.ids != model.vocab.ids:
         data, misses = remap_test(data, model.vocab)
@@ -108,7 +109,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from stream.broker import local_broker
+    from stream.kafka.broker import local_broker
 
     broker = local_broker(args.engine, args.port, data_dir=args.data_dir).start()
     print(f"{broker.name} broker on {broker.bootstrap} ({broker.storage}); Ctrl-C stops it", flush=True)
@@ -138,16 +139,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if not checkpoint and not os.environ.get("NEXTCLICK_REGISTRY"):
         raise UserError("nextclick worker needs --checkpoint DIR or --registry DIR")
     if checkpoint:
-        from model.checkpoint import read_meta
+        from model.lifecycle.checkpoint import read_meta
 
         read_meta(checkpoint)  # a bad path is one line here, not a traceback inside the worker
     from faust import Worker
 
-    from model.base import resolve_device
-    from stream.app import create_app
-    from stream.clients import require_broker
-    from stream.config import Settings
+    from model.models.base import resolve_device
+    from stream.kafka.clients import require_broker
     from stream.metrics import require_free_port
+    from stream.settings import Settings
+    from stream.worker.pipeline import create_app
 
     settings = Settings.from_env()
     resolve_device(settings.device)  # NEXTCLICK_DEVICE=cuda without a GPU: one line, before Faust starts
@@ -161,11 +162,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_trainer(args: argparse.Namespace) -> int:
     import logging
 
-    from model.base import resolve_device
-    from model.params import parse_sets
-    from stream.clients import require_broker
-    from stream.config import Settings
+    from model.models.base import resolve_device
+    from model.training.params import parse_sets
+    from stream.kafka.clients import require_broker
     from stream.metrics import require_free_port
+    from stream.settings import Settings
     from stream.trainer import Trainer, TrainerSettings
 
     logging.basicConfig(
@@ -208,8 +209,8 @@ def cmd_trainer(args: argparse.Namespace) -> int:
 def cmd_model(args: argparse.Namespace) -> int:
     import time
 
-    from model.checkpoint import load_checkpoint
-    from model.registry import Registry
+    from model.lifecycle.checkpoint import load_checkpoint
+    from model.lifecycle.registry import Registry
 
     root = args.registry or os.environ.get("NEXTCLICK_REGISTRY")
     if not root:
@@ -269,8 +270,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from stream.clients import click_events, replay
-    from stream.config import Settings
+    from model.data.load import click_events
+    from stream.kafka.clients import replay
+    from stream.settings import Settings
 
     s = Settings.from_env()
     frame = click_events(args.data, args.limit)
@@ -280,8 +282,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from stream.clients import tail
-    from stream.config import Settings
+    from stream.kafka.clients import tail
+    from stream.settings import Settings
 
     s = Settings.from_env()
     for record in tail(s.bootstrap, args.topic or s.topic_recommendations, args.from_beginning, args.limit):

@@ -36,8 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from stream.broker import free_port, local_broker
-from stream.clients import click_events, consumer, producer
+from model.data.load import click_events
+from stream.kafka.broker import free_port, local_broker
+from stream.kafka.clients import consumer, producer
 from stream.processes import stop_group
 
 MALFORMED = (b"{not json", b'{"session_id": "x"}', b'{"session_id": "", "item_id": "i1"}')
@@ -122,10 +123,10 @@ def online(metrics: dict[str, float]) -> tuple[float, float]:
 def first_model(registry: Path, log_dir: Path) -> None:
     """v000001: GRU4Rec, one epoch on a synthetic history of the same item world the stream walks; the
     history also goes into the trainer's session log, as if the stream had logged it the day before."""
-    from model.registry import Registry
-    from model.sessionlog import SessionLog
-    from model.synthetic import synthetic_data
-    from model.training import fit_model, make_model, seed_everything
+    from model.data.synthetic import synthetic_data
+    from model.lifecycle.experiment import fit_model, make_model, seed_everything
+    from model.lifecycle.registry import Registry
+    from model.lifecycle.sessionlog import SessionLog
 
     seed_everything(0)
     data = synthetic_data(n_sessions=3000, n_items=1000, seed=0)

@@ -4,7 +4,7 @@ A loop: consume the `sessions` topic (a consumer group, offsets committed only a
 fsync), and run a training cycle every `interval` seconds or after `min_new_sessions` new sessions,
 whichever comes first. A cycle trains a candidate on the log's window (warm-started from the serving
 version, or from scratch), gates it against the serving version on the newest held-out sessions
-(`model.retrain.gate`), and publishes it to the registry only if it passes, then announces it on
+(`model.lifecycle.retrain.gate`), and publishes it to the registry only if it passes, then announces it on
 `model-updates`. Every failure of a cycle is logged and counted, and never touches what the workers serve:
 publication is the registry's atomic rename, so a crash mid-cycle leaves nothing half-written.
 """
@@ -22,14 +22,14 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from model.base import resolve_device
-from model.checkpoint import load_checkpoint
 from model.errors import DataError
-from model.registry import Registry
-from model.retrain import gate, log_to_data, train_candidate
-from model.sessionlog import SessionLog
-from model.training import seed_everything
-from stream.clients import consumer, producer
+from model.lifecycle.checkpoint import load_checkpoint
+from model.lifecycle.experiment import seed_everything
+from model.lifecycle.registry import Registry
+from model.lifecycle.retrain import gate, log_to_data, train_candidate
+from model.lifecycle.sessionlog import SessionLog
+from model.models.base import resolve_device
+from stream.kafka.clients import consumer, producer
 
 log = logging.getLogger("nextclick.trainer")
 

@@ -17,6 +17,6 @@ def shared(name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_data():
-    from model.synthetic import synthetic_data
+    from model.data.synthetic import synthetic_data
 
     return synthetic_data(n_sessions=1500, n_items=200, seed=3)

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from model.base import Recommender
-from model.checkpoint import load_checkpoint, save_checkpoint
-from model.data import SessionData
-from model.training import evaluate_model, fit_model, make_model
+from model.data.dataset import SessionData
+from model.lifecycle.checkpoint import load_checkpoint, save_checkpoint
+from model.lifecycle.experiment import evaluate_model, fit_model, make_model
+from model.models.base import Recommender
 
 
 def assert_beats_popularity(model: Recommender, data: SessionData) -> None:

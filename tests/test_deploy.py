@@ -58,7 +58,7 @@ def test_compose_kafka_is_the_kafka_the_tests_run_on():
     """Same Apache Kafka version as deploy/kafka/pom.xml, same one-node settings as `KafkaBroker`."""
     from xml.etree import ElementTree
 
-    from stream.broker import KAFKA_HEAP, KAFKA_PROPERTIES
+    from stream.kafka.broker import KAFKA_HEAP, KAFKA_PROPERTIES
 
     kafka = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]["kafka"]
     pom = ElementTree.parse(DEPLOY / "kafka" / "pom.xml").getroot()

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.checkpoint import load_checkpoint
-from stream.broker import port_open
-from stream.clients import click_events, producer
+from model.data.load import click_events
+from model.lifecycle.checkpoint import load_checkpoint
 from stream.demo import scrape
+from stream.kafka.broker import port_open
+from stream.kafka.clients import producer
 from stream.processes import stop_group
 
 pytestmark = pytest.mark.slow

@@ -3,8 +3,8 @@
 The scan walks the syntax tree of every module in model/, stream/ and scripts/ and refuses calls that
 deserialise with code execution (pickle, torch.load, numpy's allow_pickle, pandas' read_pickle, yaml.load
 without a safe loader, marshal, shelve, joblib, dill, eval / exec). The one unpickler allowed is
-model/safe_pickle.py's, which must keep refusing every global and persistent id (its payload tests are in
-tests/test_safe_pickle.py).
+model/data/safe_pickle.py's, which must keep refusing every global and persistent id (its payload tests are in
+tests/model/test_safe_pickle.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCANNED = ("model", "stream", "scripts")
-SAFE_UNPICKLER = Path("model/safe_pickle.py")
+SAFE_UNPICKLER = Path("model/data/safe_pickle.py")
 
 FORBIDDEN_CALLS = {
     "pickle.load",
@@ -126,7 +126,7 @@ def test_the_one_unpickler_refuses_every_global_and_persistent_id():
 def test_sasl_and_ssl_settings_pass_through_from_the_environment(monkeypatch):
     import faust
 
-    from stream.clients import aiokafka_security, faust_credentials, security_settings
+    from stream.kafka.clients import aiokafka_security, faust_credentials, security_settings
 
     for name in ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SSL_CAFILE"):
         monkeypatch.delenv(name, raising=False)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream.broker import is_tansu
+from stream.kafka.broker import is_tansu
 from tests.stream.harness import Topics, any_broker, local_broker
 
 
@@ -37,9 +37,9 @@ def topics() -> Topics:
 @pytest.fixture(scope="session")
 def served_checkpoint(tmp_path_factory):
     """A small vsknn checkpoint on the synthetic item world, trained through the real CLI code path."""
-    from model.checkpoint import save_checkpoint
-    from model.synthetic import synthetic_data
-    from model.training import fit_model, make_model
+    from model.data.synthetic import synthetic_data
+    from model.lifecycle.checkpoint import save_checkpoint
+    from model.lifecycle.experiment import fit_model, make_model
 
     data = synthetic_data(n_sessions=2000, n_items=300, seed=0)
     model = make_model("vsknn", data)

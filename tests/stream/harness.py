@@ -24,9 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from stream.broker import EmbeddedBroker, KafkaBroker, LocalBroker, free_port, kafka_available
-from stream.clients import consumer, producer
 from stream.demo import scrape
+from stream.kafka.broker import EmbeddedBroker, KafkaBroker, LocalBroker, free_port, kafka_available
+from stream.kafka.clients import consumer, producer
 from stream.processes import stop_group
 
 
@@ -219,8 +219,8 @@ def stored_sessions(bootstrap: str, topics: Topics) -> dict:
     """The session table as its changelog holds it, read to its real end (after the workers stopped)."""
     import asyncio
 
-    from stream.changelog import read_changelog
-    from stream.config import Settings
+    from stream.settings import Settings
+    from stream.worker.changelog import read_changelog
 
     partitions = list(range(Settings().partitions))
     return asyncio.run(read_changelog(bootstrap, f"{topics.app_id}-sessions-changelog", partitions))[0]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from stream.broker import free_port, kafka_available, port_open
-from stream.clients import consumer, producer
+from stream.kafka.broker import free_port, kafka_available, port_open
+from stream.kafka.clients import consumer, producer
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from stream.broker import kafka_available, port_open
+from stream.kafka.broker import kafka_available, port_open
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Session expiry that holds with skewed and late producers (`stream.expiry`)."""
+"""Session expiry that holds with skewed and late producers (`stream.worker.expiry`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from model.checkpoint import load_checkpoint
-from stream.expiry import EventClock, is_idle
+from model.lifecycle.checkpoint import load_checkpoint
+from stream.worker.expiry import EventClock, is_idle
 from tests.stream.harness import Worker, click, collect, send, stored_sessions
 
 NOW = 1_700_000_000.0

@@ -13,12 +13,12 @@ from collections import Counter
 
 import pytest
 
-from model.checkpoint import WEIGHTS
-from model.registry import Registry
-from model.sessionlog import SessionLog
-from model.synthetic import item_id, synthetic_data, synthetic_sessions
-from model.training import fit_model, make_model
-from stream.clients import producer
+from model.data.synthetic import item_id, synthetic_data, synthetic_sessions
+from model.lifecycle.checkpoint import WEIGHTS
+from model.lifecycle.experiment import fit_model, make_model
+from model.lifecycle.registry import Registry
+from model.lifecycle.sessionlog import SessionLog
+from stream.kafka.clients import producer
 from tests.stream.harness import Worker, click, collect, send
 
 pytestmark = pytest.mark.slow

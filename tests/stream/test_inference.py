@@ -7,12 +7,12 @@ import asyncio
 import numpy as np
 import torch
 
-from model.gru4rec import GRU4RecParams, GRU4RecRecommender
-from model.knn import SessionKnn
-from model.sessions import Sessions
-from model.vocab import ItemVocab
-from stream.inference import InferenceService, Served, StateCache
+from model.data.sessions import Sessions
+from model.data.vocab import ItemVocab
+from model.models.gru4rec import GRU4RecParams, GRU4RecRecommender
+from model.models.knn import SessionKnn
 from stream.metrics import Metrics
+from stream.worker.inference import InferenceService, Served, StateCache
 
 
 def _gru() -> GRU4RecRecommender:
@@ -92,7 +92,7 @@ def test_unknown_items_are_skipped_and_a_session_without_known_items_gets_the_fa
 
 
 def test_a_swap_between_enqueue_and_inference_keeps_each_request_with_its_model():
-    from model.pop import Pop
+    from model.models.pop import Pop
 
     old_vocab = ItemVocab(["a", "b", "c", "d"])
     knn = SessionKnn(old_vocab)

@@ -11,11 +11,11 @@ import urllib.request
 
 import pytest
 
-from model.checkpoint import load_checkpoint
-from model.registry import Registry
-from model.sessionlog import SessionLog
-from model.synthetic import item_id, synthetic_sessions
-from stream.broker import free_port, port_open
+from model.data.synthetic import item_id, synthetic_sessions
+from model.lifecycle.checkpoint import load_checkpoint
+from model.lifecycle.registry import Registry
+from model.lifecycle.sessionlog import SessionLog
+from stream.kafka.broker import free_port, port_open
 from tests.stream.harness import Worker, click, send, start_trainer
 from tests.test_deploy import ALERTS, alert_rules, dashboard_exprs, signal_of
 

@@ -10,9 +10,9 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from model.checkpoint import load_checkpoint
-from stream.broker import is_tansu
-from stream.changelog import read_changelog
+from model.lifecycle.checkpoint import load_checkpoint
+from stream.kafka.broker import is_tansu
+from stream.worker.changelog import read_changelog
 from tests.stream.harness import Worker, click, collect, group_positions, local_broker, send
 
 pytestmark = pytest.mark.slow
@@ -129,7 +129,7 @@ def _restart(
         again.stop()
     print(f"restart to all {len(final)} answers: {restart_to_answers:.1f} s")
     # A restarted worker once left some answers out for good (an "intermittent restart stall", xfailed
-    # here until session 5). Same symptom as the rebalance defect fixed in stream/transport.py (clicks
+    # here until session 5). Same symptom as the rebalance defect fixed in stream/worker/transport.py (clicks
     # fetched around the seek skipped), most likely the same cause; not seen in 12 runs since the fix,
     # 6 of them with a CPU hog beside, nor in CI. A miss fails again, with what is needed to diagnose it.
     assert not missing, (
@@ -243,7 +243,7 @@ def test_idle_and_over_long_sessions_are_closed_and_published(bootstrap, topics,
         )
         collect(bootstrap, topics.recommendations, 6, settle=0.2)  # answered: they arrived before ...
         # ... clicks of three sessions 490 s after "old" went quiet: "old" is idle (one session alone
-        # cannot move the worker's event time: stream.expiry)
+        # cannot move the worker's event time: stream.worker.expiry)
         send(bootstrap, topics.clicks, [click(f"new{j}", vocab[2], f"n{j}", t0 + 500) for j in range(3)])
         closed = collect(bootstrap, topics.sessions, 2, timeout=30)
         active = worker.metric("nextclick_active_sessions")

@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from model.checkpoint import load_checkpoint
-from model.registry import Registry
-from model.sessionlog import SessionLog
-from model.synthetic import item_id, synthetic_sessions
+from model.data.synthetic import item_id, synthetic_sessions
+from model.lifecycle.checkpoint import load_checkpoint
+from model.lifecycle.registry import Registry
+from model.lifecycle.sessionlog import SessionLog
 from stream.demo import scrape, serving_version
 from tests.hostile import EXTRAS, KINDS, hostile_message
 from tests.stream.harness import (
@@ -130,7 +130,7 @@ def fuzz_worker(bootstrap, served_checkpoint, tmp_path_factory):
 
 
 # 8 examples on the live worker, each with every hostile kind three times (53 hostile messages among 250
-# valid clicks); the parser alone gets 400 examples in tests/test_clicks_fuzz.py
+# valid clicks); the parser alone gets 400 examples in tests/stream/test_clicks_fuzz.py
 @settings(max_examples=8, deadline=None, database=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_hostile_messages_mixed_into_traffic_go_to_the_dlq_and_every_valid_click_is_answered(
@@ -256,7 +256,7 @@ def test_workers_joining_and_leaving_under_load_lose_no_click_and_no_history(
     bootstrap, topics, served_checkpoint, tmp_path
 ):
     """Six rebalances under load: a second worker joins and leaves three times (SIGTERM, kill -9,
-    SIGTERM) while the first serves 100 clicks/s. Before stream/transport.py's seek fix, faust-streaming
+    SIGTERM) while the first serves 100 clicks/s. Before stream/worker/transport.py's seek fix, faust-streaming
     skipped clicks that arrived during a rebalance (359 of 8,621 in one run, histories broken in another).
     200 sessions keep every history under the 200-click limit, so each can be compared whole."""
     model, _ = load_checkpoint(served_checkpoint)

@@ -10,8 +10,8 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
-from model.checkpoint import load_checkpoint
-from stream.broker import is_tansu
+from model.lifecycle.checkpoint import load_checkpoint
+from stream.kafka.broker import is_tansu
 from tests.stream.harness import Topics, Worker, click, collect, send, stored_sessions
 
 pytestmark = pytest.mark.slow
@@ -145,8 +145,8 @@ def test_a_worker_serves_topics_an_operator_created_by_hand(bootstrap, served_ch
 def test_partitions_replication_and_topic_creation_reach_faust():
     """What a one-broker test cluster cannot show: a replication factor of 3 and no topic creation reach the
     Faust app the worker runs, for every topic it declares."""
-    from stream.app import base_app
-    from stream.config import Settings
+    from stream.settings import Settings
+    from stream.worker.pipeline import base_app
 
     conf = base_app(Settings(partitions=12, replication_factor=3, create_topics=False)).conf
     assert (conf.topic_partitions, conf.topic_replication_factor, conf.topic_allow_declare) == (12, 3, False)

@@ -1,0 +1,46 @@
+"""A data set as every model sees it: vocabulary, training sessions and the test samples.
+
+Training sessions are kept in time order, so a validation split is always "the most recent sessions",
+never a random shuffle. The readers (`model.data.readers`) build it; `model.data.load` picks the reader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.data.sessions import Samples, Sessions, prefix_samples, split_last
+from model.data.vocab import ItemVocab
+
+
+@dataclass(frozen=True)
+class SessionData:
+    name: str
+    vocab: ItemVocab
+    train: Sessions
+    test: Samples
+    test_sessions: Sessions | None = None  # where the source has whole test sessions (event formats)
+
+    def fingerprint(self) -> str:
+        """A short content hash (items and session boundaries), recorded in checkpoints."""
+        h = hashlib.sha256()
+        for arr in (self.train.offsets, self.train.items, self.test.starts, self.test.ends, self.test.labels):
+            h.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
+        return h.hexdigest()[:16]
+
+    def train_valid(self, valid_fraction: float = 0.1) -> tuple[Sessions, Samples]:
+        """The older (1 - valid_fraction) of the training sessions to fit on, and the newest ones as
+        validation samples (early stopping, model selection): the test split is never looked at."""
+        fit, held = split_last(self.train, valid_fraction)
+        return fit, prefix_samples(held)
+
+    def summary(self) -> dict[str, int | str]:
+        return {
+            "data": self.name,
+            "items": self.vocab.n_items,
+            "train_sessions": len(self.train),
+            "train_events": self.train.n_events,
+            "test_samples": len(self.test),
+        }

@@ -1,0 +1,140 @@
+"""Session-based kNN: SKNN and V-SKNN (Ludewig & Jannach, "Evaluation of session-based recommendation
+algorithms", 2018), with sparse matrices instead of per-session Python loops.
+
+The current session s is compared with every training session n (no candidate sampling: the sparse product
+with all sessions is cheap). V-SKNN weights the clicks of s by their position, linear decay as in the
+session-rec reference (`weighting='div'`): the i-th of L clicks weighs i / L, so the last click weighs 1;
+SKNN weighs every click 1. A repeated item adds up the weights of its clicks; on Tmall that is worth
+2 points of MRR@20 over keeping only the latest click (41.5 / 17.1 against 41.6 / 15.2).
+
+    sim(s, n) = sum_{clicks c of s, item(c) in n} w_s(c) / sqrt(|s| |n|)   (cosine; |.| = distinct items;
+                                                                           `vec` drops the sqrt(|n|))
+    score(i)  = sum_{n in top-k neighbours of s, i in n} sim(s, n)
+
+With `idf` (session-rec's `idf_weighting`, on by default here) a click also weighs log(N / df(item)), so
+rare shared items say more about a neighbour than best-sellers do: Tmall 43.0 / 17.6 against 41.5 / 17.1
+without it, Diginetica 51.6 / 18.3 against 51.2 / 18.2 (Recall@20 / MRR@20, %).
+
+Items no neighbour contains all score 0; popularity breaks ties among equal scores (a tiny term far below
+the smallest positive score of the row), so the conservative tie rule of `model.metrics` does not punish
+items that kNN leaves unordered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from model.data.sessions import Samples, Sessions
+from model.models.base import Recommender
+
+TIE_BREAK = 1e-4  # popularity term, relative to the smallest positive score of the row
+
+
+@dataclasses.dataclass
+class KnnParams:
+    k: int = 100  # neighbours
+    similarity: str = "cosine"  # cosine | vec (dot product / |s|, session-rec's `vec`)
+    decay: bool = True  # linear position decay of the current session (V-SKNN); False = SKNN
+    idf: bool = (
+        True  # weigh each click by log(n_sessions / sessions with the item), session-rec's idf_weighting
+    )
+
+
+class SessionKnn(Recommender):
+    name = "vsknn"
+    Params = KnnParams
+
+    def fit(self, train: Sessions, valid: Samples | None = None, *, progress: bool = False) -> dict[str, Any]:
+        if self.params.similarity not in ("cosine", "vec"):
+            from model.errors import UserError
+
+            raise UserError(f"similarity must be cosine or vec, not {self.params.similarity!r}")
+        self.session_offsets = train.offsets
+        self.session_items = train.items
+        self._index()
+        return {"sessions": len(train)}
+
+    def _index(self) -> None:
+        """Session x item incidence (binary) and its transpose, scaled for the similarity."""
+        n_sessions = len(self.session_offsets) - 1
+        rows = np.repeat(np.arange(n_sessions), np.diff(self.session_offsets))
+        m = sp.csr_matrix(
+            (np.ones(len(rows), dtype=np.float32), (rows, self.session_items)),
+            shape=(n_sessions, self.n_items + 1),
+        )
+        m.sum_duplicates()
+        m.data[:] = 1.0
+        self.incidence = m
+        if self.params.similarity == "cosine":
+            distinct = np.diff(m.indptr).astype(np.float32)
+            m_scaled = sp.csr_matrix(m.multiply((1.0 / np.sqrt(np.maximum(distinct, 1.0)))[:, None]))
+        else:
+            m_scaled = m
+        self.item_sessions = m_scaled.T.tocsr().astype(np.float32)
+        df = np.diff(self.item_sessions.indptr).astype(np.float64)
+        self.idf = np.log(n_sessions / np.maximum(df, 1.0)).astype(np.float32)
+        pop = np.bincount(self.session_items, minlength=self.n_items + 1).astype(np.float64)
+        self.popularity = pop / max(pop.max(), 1.0)
+
+    def _query(self, sessions: Sequence[np.ndarray]) -> sp.csr_matrix:
+        """Weighted current-session vectors, w = position / length (or 1); a repeated item adds up its
+        clicks' weights (the session is a sequence, not a set). The query's own norm is left out: it scales
+        a whole row and changes no ranking."""
+        lengths = np.array([len(s) for s in sessions], dtype=np.int64)
+        items = np.concatenate([np.asarray(s, dtype=np.int64) for s in sessions])
+        rows = np.repeat(np.arange(len(sessions)), lengths)
+        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        position = np.arange(len(items)) - starts + 1
+        w = position / np.repeat(lengths, lengths) if self.params.decay else np.ones(len(items))
+        if self.params.idf:
+            w = w * self.idf[items]
+        q = sp.csr_matrix((w, (rows, items)), shape=(len(sessions), self.n_items + 1))  # sums duplicates
+        return q.astype(np.float32)
+
+    def _top_neighbours(self, sim: sp.csr_matrix) -> sp.csr_matrix:
+        """Keep the k most similar sessions of every row (ties: the more recent session first)."""
+        rows = np.repeat(np.arange(sim.shape[0]), np.diff(sim.indptr))
+        order = np.lexsort((-sim.indices, -sim.data, rows))
+        rank = np.arange(len(order)) - sim.indptr[rows[order]]
+        keep = order[rank < self.params.k]
+        return sp.csr_matrix((sim.data[keep], (rows[keep], sim.indices[keep])), shape=sim.shape)
+
+    def score(self, sessions: Sequence[np.ndarray]) -> torch.Tensor:
+        sim = self._query(sessions) @ self.item_sessions  # (B, n_sessions)
+        scores = (self._top_neighbours(sim.tocsr()) @ self.incidence).toarray()
+        positive = np.where(scores > 0, scores, np.inf).min(axis=1, keepdims=True)
+        positive = np.where(np.isfinite(positive), positive, 1.0)
+        scores += (TIE_BREAK * positive) * self.popularity[None, :]
+        return torch.from_numpy(scores.astype(np.float32))
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            "session_offsets": torch.from_numpy(self.session_offsets),
+            "session_items": torch.from_numpy(self.session_items),
+        }
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.session_offsets = tensors["session_offsets"].numpy().astype(np.int64)
+        self.session_items = tensors["session_items"].numpy().astype(np.int64)
+        if self.session_items.size and (
+            self.session_items.max() > self.n_items or self.session_items.min() < 1
+        ):
+            raise ValueError("session items fall outside the vocabulary")
+        self._index()
+
+
+class Sknn(SessionKnn):
+    """SKNN: V-SKNN without the position decay."""
+
+    name = "sknn"
+
+    @dataclasses.dataclass
+    class Params(KnnParams):
+        decay: bool = False
+        idf: bool = False

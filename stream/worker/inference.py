@@ -1,0 +1,292 @@
+"""The inference service: gathers recommendation requests into micro-batches and runs the model off the
+event loop, so a slow batch never stalls consumption.
+
+Requests arrive from the clicks agent as item histories (external ids). Items the model never saw stay in
+the history but are hidden from it; a session with no known item gets the checkpoint's fallback list (the
+training data's recent popularity, `model.models.fallback`, with its click shares as scores and `source`
+"fallback"), never nothing. The model sees the whole known history, as offline evaluation does (sessions
+are closed at `max_session_length` clicks). The clicks agent hands over each consumed batch as one job
+(`recommend_many`), which runs at once; single requests (`recommend`) wait up to `max_wait_ms` for others
+to share their batch (at most `max_batch` requests). Batches run in one worker thread (the model is not
+re-entrant); the model can be swapped between batches, and requests keep the model that encoded them.
+
+Models with incremental inference (GRU4Rec's `step`) keep each session's hidden state in a bounded LRU cache
+beside the table, keyed by session id and the number of known clicks it has absorbed: the next click costs
+one GRU step. A miss (a restart, a rebalance, an evicted or out-of-step entry) rebuilds the state from the
+stored history, so the cache never changes an answer, only its cost. A swapped-in model starts with an
+empty cache: hidden states are never reused across models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from model.lifecycle.checkpoint import load_checkpoint
+from model.models.base import Recommender, resolve_device
+from model.models.layers import Bf16Scoring, bf16_is_fast
+from stream.metrics import Metrics
+
+log = logging.getLogger("nextclick.inference")
+
+
+class StateCache:
+    """session id -> (known clicks absorbed, hidden state), least recently used evicted past `max_bytes`.
+
+    Each entry is a copy of its row: a row of the batch's output is a view that keeps the whole batch's
+    tensor alive (a 256-row batch pinned 256 states per entry). Sessions that close or move to another
+    worker are dropped (`drop`, called by the worker), so the cache holds only what it may be asked for.
+    An entry costs its tensor's bytes plus `ENTRY_OVERHEAD` (the tensor object, the key, the dict entry:
+    scripts/bench_state_cache.py measured 1,447 bytes of resident memory per entry of 400 state bytes), so
+    `max_bytes` bounds the memory the cache really takes."""
+
+    ENTRY_OVERHEAD = 1048
+
+    def __init__(self, max_bytes: int = 256 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self.data: OrderedDict[str, tuple[int, torch.Tensor]] = OrderedDict()
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, session_id: str, absorbed: int) -> torch.Tensor | None:
+        entry = self.data.get(session_id)
+        if entry is None or entry[0] != absorbed:
+            self.misses += 1
+            return None
+        self.data.move_to_end(session_id)
+        self.hits += 1
+        return entry[1]
+
+    def put(self, session_id: str, absorbed: int, state: torch.Tensor) -> None:
+        old = self.data.pop(session_id, None)  # per click: no list, no loop
+        if old is not None:
+            self.nbytes -= old[1].nbytes + self.ENTRY_OVERHEAD
+        state = state.clone()
+        self.data[session_id] = (absorbed, state)
+        self.nbytes += state.nbytes + self.ENTRY_OVERHEAD
+        while self.nbytes > self.max_bytes and len(self.data) > 1:
+            _, (_, evicted) = self.data.popitem(last=False)
+            self.nbytes -= evicted.nbytes + self.ENTRY_OVERHEAD
+
+    def drop(self, session_ids: Iterable[str]) -> None:
+        for session_id in session_ids:
+            entry = self.data.pop(session_id, None)
+            if entry is not None:
+                self.nbytes -= entry[1].nbytes + self.ENTRY_OVERHEAD
+
+
+@dataclass
+class Served:
+    model: Recommender
+    name: str
+    version: str
+    fallback: tuple[list[str], list[float]]  # the first k of the checkpoint's list, and their scores
+    cache: StateCache | None = None  # for models with `step` (GRU4Rec)
+    published_at: float | None = None  # when the registry published this version
+
+
+@dataclass(frozen=True)
+class Request:
+    known: np.ndarray  # the session's known item indices (in `served`'s vocabulary), oldest first
+    session_id: str | None
+    served: Served
+
+
+@dataclass(frozen=True)
+class Answer:
+    items: list[str]
+    scores: list[float]
+    model: str
+    version: str
+    source: str  # "model" or "fallback"
+
+
+def load_served(path: str | Path, device: str = "auto", k: int = 20, bf16: bool | None = None) -> Served:
+    """`bf16`: score in bfloat16; None (auto) where it is fast (`model.models.layers.bf16_is_fast`)."""
+    model, meta = load_checkpoint(path, resolve_device(device))
+    net = getattr(model, "net", None)
+    if bf16 is None:
+        bf16 = bf16_is_fast(resolve_device(device))
+    if bf16 and isinstance(net, Bf16Scoring):
+        net.scoring_bf16 = True
+    assert model.fallback is not None  # load_checkpoint refuses a checkpoint without one
+    fallback = (model.fallback.items[:k], model.fallback.scores[:k])
+    version = str(meta.get("version") or Path(path).name)
+    cache = StateCache() if hasattr(model, "step") and hasattr(model, "final_states") else None
+    return Served(model, meta["model"], version, fallback, cache=cache, published_at=meta.get("published_at"))
+
+
+@dataclass
+class Job:
+    """Requests that answer together: one click (`wait`: it may wait for others to share its batch) or
+    the clicks agent's whole consumed batch (already a batch: it runs at once)."""
+
+    requests: list[Request]
+    future: asyncio.Future[list[Answer]]
+    wait: bool
+
+
+def _fail(jobs: list[Job], exc: Exception) -> None:
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(exc)
+
+
+class InferenceService:
+    def __init__(
+        self, served: Served, metrics: Metrics, k: int = 20, max_batch: int = 64, max_wait_ms: float = 5.0
+    ) -> None:
+        self.served = served
+        self.metrics = metrics
+        self.k = k
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.queue: asyncio.Queue[Job] = asyncio.Queue()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nextclick-inference")
+        self._task: asyncio.Task[None] | None = None
+        self.metrics.set_model(served.name, served.version)
+
+    def start(self) -> None:
+        """Start the batching task, or restart it if it ever ended: a dead task would leave every later
+        request waiting forever."""
+        if self._task is None or self._task.done():
+            if self._task is not None and not self._task.cancelled() and self._task.exception():
+                log.error("inference task ended: %r; restarting it", self._task.exception())
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def forget(self, session_ids: Iterable[str]) -> None:
+        """Sessions that closed or went to another worker: their cached states go, in the model's thread
+        (the cache is only ever touched there)."""
+        if self.served.cache is not None:
+            self.pool.submit(self.served.cache.drop, list(session_ids))
+
+    def report_cache(self) -> None:
+        cache = self.served.cache
+        self.metrics.state_cache_bytes.set(cache.nbytes if cache is not None else 0)
+        self.metrics.state_cache_sessions.set(len(cache.data) if cache is not None else 0)
+
+    def swap(self, served: Served) -> None:
+        """Serve another model from the next micro-batch on."""
+        self.served = served
+        self.metrics.set_model(served.name, served.version)
+        self.metrics.model_swaps.inc()
+
+    async def recommend(self, history: list[str], session_id: str | None = None) -> Answer:
+        return (await self.recommend_many([(history, session_id)], wait=True))[0]
+
+    async def recommend_many(
+        self, histories: list[tuple[list[str], str | None]], wait: bool = False
+    ) -> list[Answer]:
+        """One answer per (item history, session id); all of them from the model served when called."""
+        served = self.served
+        answers: list[Answer | None] = [None] * len(histories)
+        requests: list[Request] = []
+        slots: list[int] = []
+        for i, (history, session_id) in enumerate(histories):
+            known = served.model.vocab.lookup(history)
+            known = known[known >= 1]
+            if known.size == 0:
+                items, scores = served.fallback
+                answers[i] = Answer(items, scores, served.name, served.version, "fallback")
+            else:
+                requests.append(Request(known, session_id, served))
+                slots.append(i)
+        if requests:
+            self.start()
+            job = Job(requests, asyncio.get_running_loop().create_future(), wait)
+            await self.queue.put(job)
+            for i, answer in zip(slots, await job.future, strict=True):
+                answers[i] = answer
+        return answers  # type: ignore[return-value]
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            jobs = [await self.queue.get()]
+            size = len(jobs[0].requests)
+            if jobs[0].wait:
+                deadline = loop.time() + self.max_wait
+                while size < self.max_batch and (timeout := deadline - loop.time()) > 0:
+                    try:
+                        jobs.append(await asyncio.wait_for(self.queue.get(), timeout))
+                    except TimeoutError:
+                        break
+                    size += len(jobs[-1].requests)
+            while size < self.max_batch and not self.queue.empty():
+                jobs.append(self.queue.get_nowait())
+                size += len(jobs[-1].requests)
+            try:
+                await self._run_jobs(loop, jobs)
+            except Exception as exc:  # never leave a request without an answer or an error
+                log.exception("inference batch failed")
+                _fail(jobs, exc)
+
+    async def _run_jobs(self, loop: asyncio.AbstractEventLoop, jobs: list[Job]) -> None:
+        # item indices belong to the model that encoded them: a swap between two jobs splits the batch
+        groups: dict[int, list[Job]] = {}
+        for job in jobs:
+            groups.setdefault(id(job.requests[0].served), []).append(job)
+        for group in groups.values():
+            requests = [r for job in group for r in job.requests]
+            try:
+                answers = await loop.run_in_executor(self.pool, self._infer, requests[0].served, requests)
+            except Exception as exc:  # a failing batch fails its requests, never the service
+                _fail(group, exc)
+                continue
+            start = 0
+            for job in group:
+                if not job.future.done():
+                    job.future.set_result(answers[start : start + len(job.requests)])
+                start += len(job.requests)
+
+    def _infer(self, served: Served, requests: list[Request]) -> list[Answer]:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            if served.cache is None:
+                items, scores = served.model.recommend([r.known for r in requests], k=self.k)
+            else:
+                items, scores = self._infer_incremental(served, served.cache, requests)
+        self.metrics.inference.observe(time.perf_counter() - t0)
+        self.metrics.batch_size.observe(len(requests))
+        decode = served.model.vocab.decode
+        return [
+            Answer(decode(row), [float(s) for s in sc], served.name, served.version, "model")
+            for row, sc in zip(items.tolist(), scores.tolist(), strict=True)
+        ]
+
+    def _infer_incremental(
+        self, served: Served, cache: StateCache, requests: list[Request]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        model: Any = served.model
+        states: list[torch.Tensor | None] = [
+            cache.get(r.session_id, len(r.known) - 1) if r.session_id else None for r in requests
+        ]
+        missing = [i for i, st in enumerate(states) if st is None]
+        if missing:
+            rebuilt = model.final_states([requests[i].known[:-1] for i in missing])
+            for row, i in enumerate(missing):
+                states[i] = rebuilt[row]
+        last = torch.as_tensor([int(r.known[-1]) for r in requests])
+        scores, new = model.step(last, torch.stack([s for s in states if s is not None]))
+        for row, r in enumerate(requests):
+            if r.session_id:
+                cache.put(r.session_id, len(r.known), new[row])
+        top = torch.topk(scores[:, 1:], min(self.k, model.n_items), dim=1)  # column 0 is padding
+        return (top.indices + 1).cpu(), top.values.float().cpu()

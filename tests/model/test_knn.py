@@ -1,0 +1,78 @@
+import math
+
+import numpy as np
+import pytest
+
+from model.data.sessions import Sessions
+from model.data.vocab import ItemVocab
+from model.lifecycle.experiment import evaluate_model, fit_model, make_model
+from model.models.knn import KnnParams, SessionKnn, Sknn
+from model.models.pop import Pop
+
+TRAIN = [[1, 2, 3], [2, 3, 4], [5, 6], [1, 5, 6, 7], [3, 4, 8]]
+
+
+def direct_vsknn(session, train, k, n_items, decay=True, idf=True):
+    """V-SKNN written from its definition, one loop at a time."""
+    n = len(train)
+    df = {i: sum(1 for t in train if i in t) for i in range(1, n_items + 1)}
+    weight: dict[int, float] = {}
+    for pos, item in enumerate(session, start=1):
+        w = pos / len(session) if decay else 1.0
+        if idf:
+            w *= math.log(n / max(df[item], 1))
+        weight[item] = weight.get(item, 0.0) + w
+    sims = []
+    for idx, t in enumerate(train):
+        dot = sum(w for i, w in weight.items() if i in set(t))
+        if dot > 0:
+            sims.append((dot / math.sqrt(len(set(t))), idx))
+    sims.sort(key=lambda x: (-x[0], -x[1]))
+    scores = np.zeros(n_items + 1)
+    for sim, idx in sims[:k]:
+        for i in set(train[idx]):
+            scores[i] += sim
+    return scores
+
+
+@pytest.mark.parametrize("decay,idf,k", [(True, True, 2), (True, False, 3), (False, False, 10)])
+def test_vsknn_matches_its_definition(decay, idf, k):
+    vocab = ItemVocab([str(i) for i in range(1, 9)])
+    model = SessionKnn(vocab, KnnParams(k=k, decay=decay, idf=idf))
+    model.fit(Sessions.from_lists(TRAIN))
+    queries = [np.array([1, 2]), np.array([3, 3, 4]), np.array([6])]
+    got = model.score(queries).numpy()
+    for row, q in zip(got, queries, strict=True):
+        want = direct_vsknn(q.tolist(), TRAIN, k, 8, decay, idf)
+        scored = want > 0
+        # positive scores equal the definition (up to the tiny popularity tie-break) ...
+        assert np.allclose(row[scored], want[scored], rtol=1e-3)
+        # ... and the order among them is the definition's order
+        assert (
+            np.argsort(-row[scored], kind="stable") == np.argsort(-want[scored], kind="stable")
+        ).all() or (np.unique(want[scored]).size < scored.sum())
+        # items no neighbour holds stay below every scored item, ordered by popularity
+        assert row[~scored][1:].max(initial=0) < row[scored].min()
+
+
+def test_knn_beats_popularity_on_the_synthetic_stream(tiny_data):
+    results = {}
+    for name in ("pop", "sknn", "vsknn"):
+        model = make_model(name, tiny_data)
+        fit_model(model, tiny_data)
+        results[name] = evaluate_model(model, tiny_data)
+    assert results["vsknn"]["recall@20"] > results["pop"]["recall@20"] + 0.15
+    assert results["sknn"]["mrr@20"] > results["pop"]["mrr@20"]
+    assert isinstance(make_model("sknn", tiny_data), Sknn)
+    assert isinstance(make_model("pop", tiny_data), Pop)
+
+
+def test_recommend_excludes_padding_and_seen_items(tiny_data):
+    model = make_model("vsknn", tiny_data)
+    fit_model(model, tiny_data)
+    sessions = [tiny_data.train[0], tiny_data.train[1]]
+    items, scores = model.recommend(sessions, k=10, exclude_seen=True)
+    assert items.shape == (2, 10) and (items > 0).all()
+    for row, s in zip(items.tolist(), sessions, strict=True):
+        assert not set(row) & set(s.tolist())
+    assert (scores[:, :-1] >= scores[:, 1:]).all()
