@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from faust.types import EventT, StreamT
 
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 from stream.worker.pipeline import base_app
 
-settings = Settings.from_env()
+settings = WorkerSettings.from_env()
 app = base_app(settings)
 clicks = app.topic(  # created when missing, as the worker's is
     settings.topic_clicks,

@@ -35,9 +35,10 @@ from model.data.load import load_data
 from model.lifecycle.checkpoint import save_checkpoint
 from model.lifecycle.experiment import make_model
 from model.models.fallback import recent_popularity
-from stream.kafka.broker import ENGINES
+from stream.kafka.broker import ENGINES, local_broker
 from stream.kafka.clients import consumer, producer
-from tests.stream.harness import Topics, Worker, local_broker
+from stream.settings import Topics
+from stream.worker.process import WorkerProcess
 
 
 def run_rate(
@@ -159,10 +160,15 @@ def measure(
     pays for the data earlier ones left in the broker (Tansu keeps every record in memory, uncompacted)."""
     is_bare = name in (BARE, BARE_BATCHED)
     bare = [sys.executable, str(Path(__file__).with_name("bare_agent.py")), "worker"] if is_bare else None
-    with local_broker(engine) as broker:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-kafka-") as data,
+        local_broker(engine, data_dir=data) as broker,
+    ):
         topics = Topics()
         batched = {"BARE_AGENT_BATCH": "1"} if name == BARE_BATCHED else {}
-        worker = Worker(broker.bootstrap, topics, ck, work, command=bare, NEXTCLICK_DEVICE="cpu", **batched)
+        worker = WorkerProcess(
+            broker.bootstrap, topics, ck, work, command=bare, NEXTCLICK_DEVICE="cpu", **batched
+        )
         try:
             worker.wait_ready()
             time.sleep(3)
@@ -196,7 +202,7 @@ STATS = (
 )
 
 
-def worker_stats(worker: Worker) -> dict[str, float]:
+def worker_stats(worker: WorkerProcess) -> dict[str, float]:
     return {f"{n}_{part}": worker.metric(f"{n}_{part}") for n in STATS for part in ("sum", "count")}
 
 

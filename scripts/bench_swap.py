@@ -31,7 +31,8 @@ from model.models.fallback import recent_popularity
 from scripts.bench_serve import ids_of, interleave
 from stream.kafka.broker import EmbeddedBroker
 from stream.kafka.clients import consumer, producer
-from tests.stream.harness import Topics, Worker
+from stream.settings import Topics
+from stream.worker.process import WorkerProcess
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -64,7 +65,9 @@ def main() -> None:
     registry.publish(first)
     with EmbeddedBroker() as broker:
         topics = Topics()
-        worker = Worker(broker.bootstrap, topics, None, work, registry=registry.root, NEXTCLICK_DEVICE="cpu")
+        worker = WorkerProcess(
+            broker.bootstrap, topics, None, work, registry=registry.root, NEXTCLICK_DEVICE="cpu"
+        )
         try:
             worker.wait_ready()
             time.sleep(3)

@@ -4,15 +4,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from model.errors import UserError
 from stream.kafka.broker import ENGINES
+from stream.settings import KafkaSettings, TrainerSettings, WorkerSettings
 
 EXIT_USER_ERROR = 2
+# the trainer's flags, each a field of TrainerSettings of the same name
+TRAINER_FLAGS = (
+    "registry",
+    "log_dir",
+    "interval",
+    "min_new_sessions",
+    "model",
+    "epochs",
+    "gate_metric",
+    "gate_tolerance",
+    "retention_days",
+    "max_sessions",
+    "keep_versions",
+    "metrics_port",
+    "metrics_addr",
+    "device",
+)
 
 
 def _print_result(result: dict[str, Any], as_json: bool, ks: list[int]) -> None:
@@ -126,31 +143,25 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-
-    for flag, env in (
-        ("checkpoint", "NEXTCLICK_CHECKPOINT"),
-        ("registry", "NEXTCLICK_REGISTRY"),
-        ("metrics_port", "NEXTCLICK_METRICS_PORT"),
-        ("metrics_addr", "NEXTCLICK_METRICS_ADDR"),
-    ):
-        if getattr(args, flag) is not None:
-            os.environ[env] = str(getattr(args, flag))
-    checkpoint = os.environ.get("NEXTCLICK_CHECKPOINT")
-    if not checkpoint and not os.environ.get("NEXTCLICK_REGISTRY"):
-        raise UserError("nextclick worker needs --checkpoint DIR or --registry DIR")
-    if checkpoint:
-        from model.lifecycle.checkpoint import read_meta
-
-        read_meta(checkpoint)  # a bad path is one line here, not a traceback inside the worker
     from faust import Worker
 
     from model.models.base import resolve_device
     from stream.kafka.clients import require_broker
     from stream.metrics import require_free_port
-    from stream.settings import Settings
     from stream.worker.pipeline import create_app
 
-    settings = Settings.from_env()
+    settings = WorkerSettings.from_env(
+        checkpoint=args.checkpoint,
+        registry=args.registry,
+        metrics_port=args.metrics_port,
+        metrics_addr=args.metrics_addr,
+    )
+    if not settings.checkpoint and not settings.registry:
+        raise UserError("nextclick worker needs --checkpoint DIR or --registry DIR")
+    if settings.checkpoint:
+        from model.lifecycle.checkpoint import read_meta
+
+        read_meta(settings.checkpoint)  # a bad path is one line here, not a traceback inside the worker
     resolve_device(settings.device)  # NEXTCLICK_DEVICE=cuda without a GPU: one line, before Faust starts
     require_free_port(settings.metrics_port, settings.metrics_addr, "--metrics-port")
     require_broker(settings.bootstrap)
@@ -166,41 +177,20 @@ def cmd_trainer(args: argparse.Namespace) -> int:
     from model.training.params import parse_sets
     from stream.kafka.clients import require_broker
     from stream.metrics import require_free_port
-    from stream.settings import Settings
-    from stream.trainer import Trainer, TrainerSettings
+    from stream.trainer import Trainer
 
     logging.basicConfig(
         level=getattr(logging, args.loglevel.upper()), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    s = Settings.from_env()
-    registry = args.registry or os.environ.get("NEXTCLICK_REGISTRY")
-    if not registry:
-        raise UserError("nextclick trainer needs --registry DIR (env NEXTCLICK_REGISTRY)")
-    settings = TrainerSettings(
-        registry=registry,
-        bootstrap=s.bootstrap,
-        topic_sessions=s.topic_sessions,
-        topic_model_updates=s.topic_model_updates,
-        group=f"{s.app_id}-trainer",
-        log_dir=args.log_dir or os.environ.get("NEXTCLICK_SESSION_LOG"),
-        interval=args.interval,
-        min_new_sessions=args.min_new_sessions,
-        model=args.model,
-        warm_start=not args.scratch,
-        epochs=args.epochs,
-        sets=parse_sets(args.set),
-        gate_metric=args.gate_metric,
-        gate_tolerance=args.gate_tolerance,
-        retention_days=args.retention_days,
-        max_sessions=args.max_sessions,
-        keep_versions=args.keep,
-        metrics_port=args.metrics_port,
-        metrics_addr=args.metrics_addr,
-        device=args.device,
+    flags = {name: getattr(args, name) for name in TRAINER_FLAGS}
+    settings = TrainerSettings.from_env(
+        **flags, warm_start=False if args.scratch else None, sets=parse_sets(args.set) or None
     )
-    resolve_device(args.device)
-    require_free_port(args.metrics_port, args.metrics_addr, "--metrics-port")
+    if not settings.registry:
+        raise UserError("nextclick trainer needs --registry DIR (env NEXTCLICK_REGISTRY)")
+    resolve_device(settings.device)
+    require_free_port(settings.metrics_port, settings.metrics_addr, "--metrics-port")
     require_broker(settings.bootstrap)
     Trainer(settings).run(once=args.once)
     return 0
@@ -212,7 +202,7 @@ def cmd_model(args: argparse.Namespace) -> int:
     from model.lifecycle.checkpoint import load_checkpoint
     from model.lifecycle.registry import Registry
 
-    root = args.registry or os.environ.get("NEXTCLICK_REGISTRY")
+    root = args.registry or WorkerSettings.from_env().registry
     if not root:
         raise UserError(f"nextclick model {args.action} needs --registry DIR (env NEXTCLICK_REGISTRY)")
     registry = Registry(root)
@@ -272,9 +262,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from model.data.load import click_events
     from stream.kafka.clients import replay
-    from stream.settings import Settings
 
-    s = Settings.from_env()
+    s = KafkaSettings.from_env()
     frame = click_events(args.data, args.limit)
     sent = replay(s.bootstrap, s.topic_clicks, frame, args.rate, progress=not args.quiet)
     print(json.dumps({"sent": sent, "topic": s.topic_clicks}))
@@ -283,9 +272,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_tail(args: argparse.Namespace) -> int:
     from stream.kafka.clients import tail
-    from stream.settings import Settings
 
-    s = Settings.from_env()
+    s = KafkaSettings.from_env()
     for record in tail(s.bootstrap, args.topic or s.topic_recommendations, args.from_beginning, args.limit):
         print(json.dumps(record), flush=True)
     return 0
@@ -342,42 +330,44 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_broker)
 
     w = sub.add_parser("worker", help="the streaming worker (a Faust worker)")
-    w.add_argument("--checkpoint", help="serve this checkpoint folder (env NEXTCLICK_CHECKPOINT)")
-    w.add_argument("--registry", help="serve the registry's latest version (env NEXTCLICK_REGISTRY)")
+    w.add_argument("--checkpoint", help=WorkerSettings.describe("checkpoint", "serve this checkpoint folder"))
     w.add_argument(
-        "--metrics-port", type=int, help="Prometheus /metrics port, 0 = off (env NEXTCLICK_METRICS_PORT)"
+        "--registry", help=WorkerSettings.describe("registry", "serve the registry's latest version")
     )
     w.add_argument(
-        "--metrics-addr", help="address /metrics binds to (env NEXTCLICK_METRICS_ADDR, default 0.0.0.0)"
+        "--metrics-port",
+        type=int,
+        help=WorkerSettings.describe("metrics_port", "Prometheus /metrics port, 0 = off"),
+    )
+    w.add_argument(
+        "--metrics-addr", help=WorkerSettings.describe("metrics_addr", "address /metrics binds to")
     )
     w.add_argument("--loglevel", default="warning")
     w.set_defaults(func=cmd_worker)
 
     tr = sub.add_parser("trainer", help="log finished sessions, retrain, gate and publish to a registry")
-    tr.add_argument("--registry", help="registry folder (env NEXTCLICK_REGISTRY)")
-    tr.add_argument("--log-dir", help="session log folder (default REGISTRY/../session-log)")
-    tr.add_argument("--interval", type=float, default=300.0, help="retrain at least this often, seconds")
-    tr.add_argument("--min-new-sessions", type=int, default=1000, help="... or after this many new sessions")
-    tr.add_argument("--model", help="model kind (default: the serving one's, gru4rec for an empty registry)")
+    for name, kind, text in (
+        ("registry", str, "registry folder"),
+        ("log_dir", str, "session log folder (unset: REGISTRY/../session-log)"),
+        ("interval", float, "retrain at least this often, seconds"),
+        ("min_new_sessions", int, "... or after this many new sessions"),
+        ("model", str, "model kind (unset: the serving one's, gru4rec for an empty registry)"),
+        ("epochs", int, "epochs a cycle trains"),
+        ("gate_metric", str, "the metric the gate compares"),
+        ("gate_tolerance", float, "publish if >= serving - this"),
+        ("retention_days", float, "days of sessions the log keeps"),
+        ("max_sessions", int, "train on at most the newest N sessions"),
+        ("keep_versions", int, "versions kept in the registry"),
+        ("metrics_port", int, "Prometheus /metrics port, 0 = off"),
+        ("metrics_addr", str, "address /metrics binds to"),
+        ("device", str, "auto, cpu or cuda[:N]"),
+    ):
+        flag = "--keep" if name == "keep_versions" else "--" + name.replace("_", "-")
+        tr.add_argument(flag, dest=name, type=kind, help=TrainerSettings.describe(name, text))
     tr.add_argument(
         "--scratch", action="store_true", help="train from scratch, not warm from the serving model"
     )
-    tr.add_argument("--epochs", type=int, default=3)
     tr.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="one hyperparameter")
-    tr.add_argument("--gate-metric", default="mrr@20")
-    tr.add_argument("--gate-tolerance", type=float, default=0.005, help="publish if >= serving - this")
-    tr.add_argument("--retention-days", type=float, default=30.0)
-    tr.add_argument(
-        "--max-sessions", type=int, default=200_000, help="train on at most the newest N sessions"
-    )
-    tr.add_argument("--keep", type=int, default=5, help="versions kept in the registry")
-    tr.add_argument("--metrics-port", type=int, default=9101, help="Prometheus /metrics port, 0 = off")
-    tr.add_argument(
-        "--metrics-addr",
-        default=os.environ.get("NEXTCLICK_METRICS_ADDR", "0.0.0.0"),
-        help="address /metrics binds to (env NEXTCLICK_METRICS_ADDR)",
-    )
-    tr.add_argument("--device", default="auto")
     tr.add_argument("--once", action="store_true", help="ingest what is there, run one cycle, exit")
     tr.add_argument("--loglevel", default="info")
     tr.set_defaults(func=cmd_trainer)

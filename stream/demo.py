@@ -23,12 +23,10 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +37,8 @@ import numpy as np
 from model.data.load import click_events
 from stream.kafka.broker import free_port, local_broker
 from stream.kafka.clients import consumer, producer
-from stream.processes import stop_group
+from stream.metrics import scrape, serving_version
+from stream.processes import Child
 
 MALFORMED = (b"{not json", b'{"session_id": "x"}', b'{"session_id": "", "item_id": "i1"}')
 
@@ -66,50 +65,6 @@ class Tally:
     duplicates: int = 0
     malformed: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-class Child:
-    """A child process in its own process group, its output in a log file."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log: Path) -> None:
-        self.name = name
-        self.log = log
-        self.proc = subprocess.Popen(
-            argv,
-            env=env,
-            stdout=open(log, "wb"),  # noqa: SIM115 - the child keeps it
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        stop_group(self.proc)
-
-
-def scrape(port: int) -> dict[str, float]:
-    """The worker's metrics, summed over label sets: name -> value ({} while it is not up)."""
-    out: dict[str, float] = {}
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
-            text = r.read().decode()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        if line.startswith("#") or " " not in line:
-            continue
-        head, value = line.rsplit(" ", 1)
-        name = head.split("{", 1)[0]
-        out[name] = out.get(name, 0.0) + float(value)
-        if name == "nextclick_model_info" and float(value) == 1.0:
-            out["version:" + head.split('version="', 1)[1].split('"', 1)[0]] = 1.0
-    return out
-
-
-def serving_version(metrics: dict[str, float]) -> str:
-    return next((k.split(":", 1)[1] for k in metrics if k.startswith("version:")), "-")
 
 
 def online(metrics: dict[str, float]) -> tuple[float, float]:

@@ -1,10 +1,14 @@
-"""Prometheus metrics of the worker (names from the contract, prefix `nextclick_`)."""
+"""Every Prometheus metric of the product (names from the contract, prefix `nextclick_`): the worker's
+(`Metrics`), the trainer's (`TrainerMetrics`), and `scrape`, the one reader of a /metrics page (the demo's
+progress lines, the tests and benchmarks), on prometheus_client's own text parser."""
 
 from __future__ import annotations
 
 import socket
+import urllib.request
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.parser import text_string_to_metric_families
 
 from model.errors import UserError
 
@@ -25,7 +29,18 @@ DLQ_REASONS = (
 RR_BUCKETS = (0.0001, 0.05, 0.1, 0.2, 0.25, 1 / 3, 0.5, 1.0)
 
 
-class Metrics:
+class Endpoint:
+    """A process's own registry (never the global one: tests run several in one interpreter) and its
+    /metrics endpoint."""
+
+    registry: CollectorRegistry
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        if port:
+            start_http_server(port, addr=addr, registry=self.registry)
+
+
+class Metrics(Endpoint):
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
@@ -136,13 +151,64 @@ class Metrics:
         for reason in ("invalid_checkpoint", "load_error"):
             self.model_load_failures.labels(reason=reason)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        if port:
-            start_http_server(port, addr=addr, registry=self.registry)
-
     def set_model(self, model: str, version: str) -> None:
         self.model_info.clear()
         self.model_info.labels(model=model, version=version).set(1)
+
+
+class TrainerMetrics(Endpoint):
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.runs = Counter(
+            "nextclick_trainer_runs_total", "Training cycles by outcome", ["outcome"], registry=r
+        )
+        self.duration = Histogram(
+            "nextclick_trainer_run_seconds",
+            "Duration of a training cycle",
+            buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=r,
+        )
+        self.gate_score = Gauge(
+            "nextclick_trainer_gate_score", "Gate metric of the last cycle", ["model", "metric"], registry=r
+        )
+        self.last_success = Gauge(
+            "nextclick_trainer_last_success_timestamp_seconds",
+            "When a version was last published",
+            registry=r,
+        )
+        self.logged = Counter(
+            "nextclick_trainer_logged_sessions_total", "Sessions appended to the log", registry=r
+        )
+        self.new_sessions = Gauge(
+            "nextclick_trainer_new_sessions", "Sessions logged since the last cycle", registry=r
+        )
+        self.serving_version = Gauge(
+            "nextclick_trainer_published_version", "Number of the registry's latest version", registry=r
+        )
+        for outcome in ("published", "rejected", "skipped", "failed"):
+            self.runs.labels(outcome=outcome)  # a series per outcome from the start (rates of 0, not absent)
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> dict[str, float]:
+    """A process's metrics, each sample summed over its label sets: name -> value ({} while the endpoint
+    is not up); the version the worker serves is also there as the key `version:<v>`."""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=1) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[sample.name] = out.get(sample.name, 0.0) + sample.value
+            if sample.name == "nextclick_model_info" and sample.value == 1.0:
+                out["version:" + sample.labels["version"]] = 1.0
+    return out
+
+
+def serving_version(metrics: dict[str, float]) -> str:
+    """The version in a `scrape` ("-" before the first model is served)."""
+    return next((k.split(":", 1)[1] for k in metrics if k.startswith("version:")), "-")
 
 
 def require_free_port(port: int, addr: str, flag: str) -> None:

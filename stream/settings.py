@@ -1,41 +1,129 @@
-"""Worker settings: every field has an environment twin (a CLI flag wins over its variable).
+"""Every setting of the worker, the trainer and the clients, one way: a dataclass field with an environment
+twin, where a command-line flag wins over its variable and the variable over the default.
 
-The defaults suit a laptop with the embedded broker. The broker-facing ones come from measurements on the
-embedded Tansu broker (../shared/notes/embedded-broker.md): a 6 s session timeout and 1 s heartbeat make a
-restarted worker rejoin in seconds instead of ~30 s, a 20 ms fetch wait avoids ~1 s per hop, and
-`changelog_catchup` repairs what Tansu's wrong end offset for multi-record batches cuts from Faust's table
-recovery (see `stream.worker.pipeline.Pipeline._catch_up`); left at auto it runs only where the broker is recognised as
-Tansu (`stream.kafka.broker.is_tansu`), never on Apache Kafka. An earlier workaround, one record per produced batch,
-capped a worker below 250 clicks/s: aiokafka then waits for each record's delivery before the next one to
-the same partition.
+`from_env` walks the fields: a field's variable is `NEXTCLICK_<NAME>` unless its metadata names another
+(`KAFKA_BOOTSTRAP`, the trainer's `NEXTCLICK_TRAINER_*`), and the field's type says how to read it (a
+`bool | None` reads `auto` as None); a value that does not parse is one clear error. The CLI passes its
+flags as overrides (None = not given), and takes each flag's help line from the field (`describe`), so a
+default is written once.
+
+The worker's defaults suit a laptop with the embedded broker. The broker-facing ones come from
+measurements on the embedded Tansu broker (../shared/notes/embedded-broker.md): a 6 s session timeout and
+1 s heartbeat make a restarted worker rejoin in seconds instead of ~30 s, a 20 ms fetch wait avoids ~1 s
+per hop, and `changelog_catchup` repairs what Tansu's wrong end offset for multi-record batches cuts from
+Faust's table recovery (see `stream.worker.pipeline.Pipeline._catch_up`); left at auto it runs only where
+the broker is recognised as Tansu (`stream.kafka.broker.is_tansu`), never on Apache Kafka. An earlier
+workaround, one record per produced batch, capped a worker below 250 clicks/s: aiokafka then waits for
+each record's delivery before the next one to the same partition.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+import types
+import typing
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Self
+
+from model.errors import UserError
 
 
-def _env(name: str, default: Any, kind: type = str) -> Any:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    if kind is bool:
-        word = raw.strip().lower()
-        return None if word == "auto" else word in ("1", "true", "yes", "on")
-    return kind(raw)
+def env(name: str | None) -> dict[str, Any]:
+    """Field metadata naming the field's variable (None: the field has no variable)."""
+    return {"env": name}
+
+
+def variable(field: dataclasses.Field) -> str | None:
+    return field.metadata.get("env", f"NEXTCLICK_{field.name.upper()}")
+
+
+def _parse(raw: str, kind: Any, name: str) -> Any:
+    kinds = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    optional = type(None) in kinds
+    base = next(k for k in kinds if k is not type(None))
+    word = raw.strip()
+    if optional and word.lower() in ("auto", "none"):
+        return None
+    try:
+        if base is bool:
+            if word.lower() in ("1", "true", "yes", "on"):
+                return True
+            if word.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(word)
+        return base(word)
+    except ValueError:
+        expected = {bool: "1/0, true/false or auto", int: "an integer", float: "a number"}.get(
+            base, "a value"
+        )
+        raise UserError(f"{name}={raw!r}: expected {expected}") from None
+
+
+class FromEnv:
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Self:
+        environ = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+            name = variable(field)
+            raw = environ.get(name) if name else None
+            if raw is not None and raw != "":
+                values[field.name] = _parse(raw, hints[field.name], name)
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no setting {sorted(unknown)}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    @classmethod
+    def describe(cls, name: str, text: str) -> str:
+        """A flag's help line: its text, its variable and its default, all taken from the field."""
+        field = next(f for f in dataclasses.fields(cls) if f.name == name)  # type: ignore[arg-type]
+        parts = [f"env {variable(field)}"] if variable(field) else []
+        if field.default is not dataclasses.MISSING:
+            parts.append(f"default {field.default}")
+        return f"{text} ({', '.join(parts)})" if parts else text
 
 
 @dataclasses.dataclass
-class Settings:
-    bootstrap: str = "127.0.0.1:9092"
+class KafkaSettings(FromEnv):
+    """What every process that talks to the cluster shares: where it is, and the topics' names."""
+
+    bootstrap: str = dataclasses.field(default="127.0.0.1:9092", metadata=env("KAFKA_BOOTSTRAP"))
     app_id: str = "nextclick"
     topic_clicks: str = "clicks"
     topic_recommendations: str = "recommendations"
     topic_dlq: str = "clicks-dlq"
     topic_sessions: str = "sessions"
     topic_model_updates: str = "model-updates"
+
+
+@dataclasses.dataclass
+class SecuritySettings(FromEnv):
+    """SASL / SSL for a real cluster, the same for every client (kafka-python's, aiokafka's, Faust's)."""
+
+    security_protocol: str | None = dataclasses.field(default=None, metadata=env("KAFKA_SECURITY_PROTOCOL"))
+    sasl_mechanism: str | None = dataclasses.field(default=None, metadata=env("KAFKA_SASL_MECHANISM"))
+    sasl_username: str | None = dataclasses.field(default=None, metadata=env("KAFKA_SASL_USERNAME"))
+    sasl_password: str | None = dataclasses.field(default=None, metadata=env("KAFKA_SASL_PASSWORD"))
+    ssl_cafile: str | None = dataclasses.field(default=None, metadata=env("KAFKA_SSL_CAFILE"))
+
+
+@dataclasses.dataclass
+class BrokerSettings(FromEnv):
+    """The local Apache Kafka broker (`nextclick broker --engine kafka`): its JVM heap, and where
+    scripts/install_kafka.sh put its jars (None: $XDG_CACHE_HOME/nextclick/kafka)."""
+
+    kafka_heap: str = "-Xms256m -Xmx512m"
+    kafka_home: str | None = None
+
+
+@dataclasses.dataclass
+class WorkerSettings(KafkaSettings):
     partitions: int = 4  # of the topics the worker creates (clicks, outputs, the table's changelog)
     replication_factor: int = 1  # of the topics the worker creates: 3 on a production cluster
     create_topics: bool = True  # False on a cluster where the topics are created by hand (README)
@@ -56,49 +144,73 @@ class Settings:
     max_id_length: int = 256
     max_future_seconds: float = 86400.0  # a timestamp further ahead of the wall clock is invalid
     device: str = "auto"
-    score_bf16: bool | None = (
-        None  # score in bfloat16 (model.models.layers.Bf16Scoring); None = where it is fast
-    )
+    score_bf16: bool | None = None  # score in bfloat16 (model.models.layers.Bf16Scoring); None = where fast
     data_dir: str = ".nextclick/worker"
     web_port: int = 0  # Faust's web server: 0 = disabled
     expiry_interval: float = 5.0  # seconds between scans for idle sessions
     registry_poll_interval: float = 2.0  # seconds between looks at the registry's LATEST
 
-    @classmethod
-    def from_env(cls, **overrides: Any) -> Settings:
-        s = cls(
-            bootstrap=_env("KAFKA_BOOTSTRAP", cls.bootstrap),
-            app_id=_env("NEXTCLICK_APP_ID", cls.app_id),
-            topic_clicks=_env("NEXTCLICK_TOPIC_CLICKS", cls.topic_clicks),
-            topic_recommendations=_env("NEXTCLICK_TOPIC_RECOMMENDATIONS", cls.topic_recommendations),
-            topic_dlq=_env("NEXTCLICK_TOPIC_DLQ", cls.topic_dlq),
-            topic_sessions=_env("NEXTCLICK_TOPIC_SESSIONS", cls.topic_sessions),
-            topic_model_updates=_env("NEXTCLICK_TOPIC_MODEL_UPDATES", cls.topic_model_updates),
-            partitions=_env("NEXTCLICK_PARTITIONS", cls.partitions, int),
-            replication_factor=_env("NEXTCLICK_REPLICATION_FACTOR", cls.replication_factor, int),
-            create_topics=_env("NEXTCLICK_CREATE_TOPICS", cls.create_topics, bool),
-            checkpoint=_env("NEXTCLICK_CHECKPOINT", None),
-            registry=_env("NEXTCLICK_REGISTRY", None),
-            k=_env("NEXTCLICK_K", cls.k, int),
-            batch_size=_env("NEXTCLICK_BATCH_SIZE", cls.batch_size, int),
-            batch_wait_ms=_env("NEXTCLICK_BATCH_WAIT_MS", cls.batch_wait_ms, float),
-            session_ttl=_env("NEXTCLICK_SESSION_TTL", cls.session_ttl, float),
-            max_session_length=_env("NEXTCLICK_MAX_SESSION_LENGTH", cls.max_session_length, int),
-            metrics_port=_env("NEXTCLICK_METRICS_PORT", cls.metrics_port, int),
-            metrics_addr=_env("NEXTCLICK_METRICS_ADDR", cls.metrics_addr),
-            fetch_wait_ms=_env("NEXTCLICK_FETCH_WAIT_MS", cls.fetch_wait_ms, int),
-            producer_linger_ms=_env("NEXTCLICK_PRODUCER_LINGER_MS", cls.producer_linger_ms, float),
-            request_timeout=_env("NEXTCLICK_REQUEST_TIMEOUT", cls.request_timeout, float),
-            changelog_catchup=_env("NEXTCLICK_CHANGELOG_CATCHUP", cls.changelog_catchup, bool),
-            max_message_bytes=_env("NEXTCLICK_MAX_MESSAGE_BYTES", cls.max_message_bytes, int),
-            max_id_length=_env("NEXTCLICK_MAX_ID_LENGTH", cls.max_id_length, int),
-            device=_env("NEXTCLICK_DEVICE", cls.device),
-            score_bf16=_env("NEXTCLICK_SCORE_BF16", cls.score_bf16, bool),
-            data_dir=_env("NEXTCLICK_DATA_DIR", cls.data_dir),
-            web_port=_env("NEXTCLICK_WEB_PORT", cls.web_port, int),
-            expiry_interval=_env("NEXTCLICK_EXPIRY_INTERVAL", cls.expiry_interval, float),
-            registry_poll_interval=_env(
-                "NEXTCLICK_REGISTRY_POLL_INTERVAL", cls.registry_poll_interval, float
-            ),
-        )
-        return dataclasses.replace(s, **{k: v for k, v in overrides.items() if v is not None})
+
+def _trainer(default: Any, name: str) -> Any:
+    return dataclasses.field(default=default, metadata=env(f"NEXTCLICK_TRAINER_{name}"))
+
+
+@dataclasses.dataclass
+class TrainerSettings(KafkaSettings):
+    """The trainer's own settings have `NEXTCLICK_TRAINER_*` variables, so that one environment can hold
+    a worker's and a trainer's (both have a metrics port); the registry, session log, device and metrics
+    address are shared with the worker's names."""
+
+    registry: str | None = None
+    log_dir: str | None = dataclasses.field(default=None, metadata=env("NEXTCLICK_SESSION_LOG"))
+    interval: float = _trainer(300.0, "INTERVAL")
+    min_new_sessions: int = _trainer(1000, "MIN_NEW_SESSIONS")
+    model: str | None = _trainer(None, "MODEL")  # None: the serving model's kind, gru4rec for none
+    warm_start: bool = _trainer(True, "WARM_START")
+    epochs: int | None = _trainer(3, "EPOCHS")
+    sets: dict[str, Any] = dataclasses.field(default_factory=dict, metadata=env(None))
+    gate_metric: str = _trainer("mrr@20", "GATE_METRIC")
+    gate_tolerance: float = _trainer(0.005, "GATE_TOLERANCE")
+    holdout_fraction: float = _trainer(0.1, "HOLDOUT_FRACTION")
+    retention_days: float = _trainer(30.0, "RETENTION_DAYS")
+    max_sessions: int = _trainer(200_000, "MAX_SESSIONS")
+    keep_versions: int = _trainer(5, "KEEP_VERSIONS")
+    metrics_port: int = _trainer(9101, "METRICS_PORT")
+    metrics_addr: str = "0.0.0.0"
+    device: str = "auto"
+    seed: int = _trainer(42, "SEED")
+
+    @property
+    def group(self) -> str:
+        return f"{self.app_id}-trainer"
+
+    @property
+    def log_path(self) -> Path:
+        if self.log_dir:
+            return Path(self.log_dir)
+        assert self.registry, "the trainer needs a registry"
+        return Path(self.registry).resolve().parent / "session-log"
+
+
+class Topics:
+    """Fresh topic names and a fresh consumer group for one run (a test, a benchmark), and the environment
+    that hands them to a child process: runs on one broker never see each other's data."""
+
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:8]
+        self.app_id = f"nc-test-{tag}"
+        self.clicks = f"clicks-{tag}"
+        self.recommendations = f"recs-{tag}"
+        self.dlq = f"dlq-{tag}"
+        self.sessions = f"sessions-{tag}"
+        self.model_updates = f"updates-{tag}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "NEXTCLICK_APP_ID": self.app_id,
+            "NEXTCLICK_TOPIC_CLICKS": self.clicks,
+            "NEXTCLICK_TOPIC_RECOMMENDATIONS": self.recommendations,
+            "NEXTCLICK_TOPIC_DLQ": self.dlq,
+            "NEXTCLICK_TOPIC_SESSIONS": self.sessions,
+            "NEXTCLICK_TOPIC_MODEL_UPDATES": self.model_updates,
+        }

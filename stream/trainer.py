@@ -11,16 +11,12 @@ publication is the registry's atomic rename, so a crash mid-cycle leaves nothing
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from model.errors import DataError
 from model.lifecycle.checkpoint import load_checkpoint
@@ -30,71 +26,10 @@ from model.lifecycle.retrain import gate, log_to_data, train_candidate
 from model.lifecycle.sessionlog import SessionLog
 from model.models.base import resolve_device
 from stream.kafka.clients import consumer, producer
+from stream.metrics import TrainerMetrics
+from stream.settings import TrainerSettings
 
 log = logging.getLogger("nextclick.trainer")
-
-
-@dataclasses.dataclass
-class TrainerSettings:
-    registry: str
-    bootstrap: str = "127.0.0.1:9092"
-    topic_sessions: str = "sessions"
-    topic_model_updates: str = "model-updates"
-    group: str = "nextclick-trainer"
-    log_dir: str | None = None  # default: REGISTRY/../session-log
-    interval: float = 300.0
-    min_new_sessions: int = 1000
-    model: str | None = None  # default: the serving model's kind, or gru4rec for an empty registry
-    warm_start: bool = True
-    epochs: int | None = 3
-    sets: dict[str, Any] = dataclasses.field(default_factory=dict)
-    gate_metric: str = "mrr@20"
-    gate_tolerance: float = 0.005
-    holdout_fraction: float = 0.1
-    retention_days: float = 30.0
-    max_sessions: int = 200_000
-    keep_versions: int = 5
-    metrics_port: int = 9101
-    metrics_addr: str = "0.0.0.0"
-    device: str = "auto"
-    seed: int = 42
-
-    @property
-    def log_path(self) -> Path:
-        return Path(self.log_dir) if self.log_dir else Path(self.registry).resolve().parent / "session-log"
-
-
-class TrainerMetrics:
-    def __init__(self) -> None:
-        self.registry = r = CollectorRegistry()
-        self.runs = Counter(
-            "nextclick_trainer_runs_total", "Training cycles by outcome", ["outcome"], registry=r
-        )
-        self.duration = Histogram(
-            "nextclick_trainer_run_seconds",
-            "Duration of a training cycle",
-            buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
-            registry=r,
-        )
-        self.gate_score = Gauge(
-            "nextclick_trainer_gate_score", "Gate metric of the last cycle", ["model", "metric"], registry=r
-        )
-        self.last_success = Gauge(
-            "nextclick_trainer_last_success_timestamp_seconds",
-            "When a version was last published",
-            registry=r,
-        )
-        self.logged = Counter(
-            "nextclick_trainer_logged_sessions_total", "Sessions appended to the log", registry=r
-        )
-        self.new_sessions = Gauge(
-            "nextclick_trainer_new_sessions", "Sessions logged since the last cycle", registry=r
-        )
-        self.serving_version = Gauge(
-            "nextclick_trainer_published_version", "Number of the registry's latest version", registry=r
-        )
-        for outcome in ("published", "rejected", "skipped", "failed"):
-            self.runs.labels(outcome=outcome)  # a series per outcome from the start (rates of 0, not absent)
 
 
 class Trainer:
@@ -243,8 +178,7 @@ class Trainer:
         return total
 
     def run(self, once: bool = False) -> None:
-        if self.s.metrics_port:
-            start_http_server(self.s.metrics_port, addr=self.s.metrics_addr, registry=self.metrics.registry)
+        self.metrics.serve(self.s.metrics_port, self.s.metrics_addr)
         cons = consumer(
             self.s.bootstrap,
             self.s.topic_sessions,

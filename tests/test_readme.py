@@ -24,9 +24,9 @@ import pytest
 
 from model.data.load import click_events
 from model.lifecycle.checkpoint import load_checkpoint
-from stream.demo import scrape
 from stream.kafka.broker import port_open
 from stream.kafka.clients import producer
+from stream.metrics import scrape
 from stream.processes import stop_group
 
 pytestmark = pytest.mark.slow

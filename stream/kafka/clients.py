@@ -5,7 +5,6 @@ them: consumer groups join in ~3 s with the session settings measured on the emb
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,20 +13,22 @@ import pandas as pd
 from tqdm import tqdm
 
 from model.errors import UserError
+from stream.settings import SecuritySettings
 
 
 def security_settings() -> dict[str, Any]:
-    """SASL / SSL settings for a real cluster, passed through from the environment."""
-    env = os.environ
+    """SASL / SSL settings for a real cluster (`stream.settings.SecuritySettings`), as kafka-python names
+    them."""
+    sec = SecuritySettings.from_env()
     out: dict[str, Any] = {}
-    if env.get("KAFKA_SECURITY_PROTOCOL"):
-        out["security_protocol"] = env["KAFKA_SECURITY_PROTOCOL"]
-    if env.get("KAFKA_SASL_MECHANISM"):
-        out["sasl_mechanism"] = env["KAFKA_SASL_MECHANISM"]
-        out["sasl_plain_username"] = env.get("KAFKA_SASL_USERNAME")
-        out["sasl_plain_password"] = env.get("KAFKA_SASL_PASSWORD")
-    if env.get("KAFKA_SSL_CAFILE"):
-        out["ssl_cafile"] = env["KAFKA_SSL_CAFILE"]
+    if sec.security_protocol:
+        out["security_protocol"] = sec.security_protocol
+    if sec.sasl_mechanism:
+        out["sasl_mechanism"] = sec.sasl_mechanism
+        out["sasl_plain_username"] = sec.sasl_username
+        out["sasl_plain_password"] = sec.sasl_password
+    if sec.ssl_cafile:
+        out["ssl_cafile"] = sec.ssl_cafile
     return out
 
 

@@ -47,7 +47,7 @@ from faust.types import TP, EventT, StreamT
 from stream.kafka.broker import is_tansu
 from stream.kafka.clients import faust_credentials
 from stream.metrics import Metrics
-from stream.settings import Settings
+from stream.settings import WorkerSettings
 from stream.worker.changelog import read_changelog
 from stream.worker.clicks import Click, InvalidClick, parse_click
 from stream.worker.expiry import EventClock, is_idle
@@ -62,7 +62,7 @@ CATCHUP_TIMEOUT = 10.0  # ... of at most this many seconds each
 
 
 class Pipeline:
-    def __init__(self, app: App, settings: Settings) -> None:
+    def __init__(self, app: App, settings: WorkerSettings) -> None:
         self.app = app
         self.settings = settings
         self.metrics = Metrics()
@@ -433,7 +433,7 @@ class Pipeline:
             self.service.report_cache()
 
 
-def base_app(s: Settings) -> App:
+def base_app(s: WorkerSettings) -> App:
     """A Faust app with the settings this product needs from its broker, without the pipeline (the
     benchmarks' bare agent, `scripts/bare_agent.py`, runs on it to measure the floor under the worker)."""
     conf: dict[str, Any] = dict(
@@ -464,8 +464,8 @@ def base_app(s: Settings) -> App:
     return app
 
 
-def create_app(settings: Settings | None = None) -> App:
-    s = settings or Settings.from_env()
+def create_app(settings: WorkerSettings | None = None) -> App:
+    s = settings or WorkerSettings.from_env()
     app = base_app(s)
     app.pipeline = Pipeline(app, s)  # type: ignore[attr-defined]
     return app

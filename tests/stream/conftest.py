@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from stream.kafka.broker import is_tansu
-from tests.stream.harness import Topics, any_broker, local_broker
+from stream.settings import Topics
+from tests.stream.harness import any_broker, local_broker
 
 
 @pytest.fixture(scope="session")

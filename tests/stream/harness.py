@@ -13,21 +13,18 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from stream.demo import scrape
-from stream.kafka.broker import EmbeddedBroker, KafkaBroker, LocalBroker, free_port, kafka_available
+from stream.kafka.broker import EmbeddedBroker, KafkaBroker, LocalBroker, kafka_available
 from stream.kafka.clients import consumer, producer
-from stream.processes import stop_group
+from stream.settings import Topics
 
 
 def docker_answers() -> bool:
@@ -65,92 +62,6 @@ def local_broker(engine: str) -> Iterator[LocalBroker]:
         broker = KafkaBroker(data) if engine == "kafka" else EmbeddedBroker()
         with broker:
             yield broker
-
-
-class Topics:
-    """Fresh topic names and a fresh consumer group for one test, so tests never see each other's data."""
-
-    def __init__(self) -> None:
-        tag = uuid.uuid4().hex[:8]
-        self.app_id = f"nc-test-{tag}"
-        self.clicks = f"clicks-{tag}"
-        self.recommendations = f"recs-{tag}"
-        self.dlq = f"dlq-{tag}"
-        self.sessions = f"sessions-{tag}"
-        self.model_updates = f"updates-{tag}"
-
-    def env(self) -> dict[str, str]:
-        return {
-            "NEXTCLICK_APP_ID": self.app_id,
-            "NEXTCLICK_TOPIC_CLICKS": self.clicks,
-            "NEXTCLICK_TOPIC_RECOMMENDATIONS": self.recommendations,
-            "NEXTCLICK_TOPIC_DLQ": self.dlq,
-            "NEXTCLICK_TOPIC_SESSIONS": self.sessions,
-            "NEXTCLICK_TOPIC_MODEL_UPDATES": self.model_updates,
-        }
-
-
-class Worker:
-    """`nextclick worker` as a child process, with its own data dir and metrics port."""
-
-    def __init__(
-        self,
-        bootstrap: str,
-        topics: Topics,
-        checkpoint: Path | None,
-        workdir: Path,
-        registry: Path | None = None,
-        command: list[str] | None = None,
-        **env: str,
-    ) -> None:
-        """`command` replaces `nextclick worker` (a benchmark's bare Faust agent)."""
-        self.metrics_port = free_port()
-        self.log = workdir / f"worker-{self.metrics_port}.log"
-        full_env = {
-            **os.environ,
-            **topics.env(),
-            "KAFKA_BOOTSTRAP": bootstrap,
-            "NEXTCLICK_DATA_DIR": str(workdir / f"data-{self.metrics_port}"),
-            "NEXTCLICK_METRICS_PORT": str(self.metrics_port),
-            "NEXTCLICK_EXPIRY_INTERVAL": "1",
-            **env,
-        }
-        model = ["--registry", str(registry)] if registry else ["--checkpoint", str(checkpoint)]
-        self.proc = subprocess.Popen(
-            [*(command or [sys.executable, "-m", "stream.cli", "worker", *model]), "--loglevel", "info"],
-            env=full_env,
-            stdout=open(self.log, "wb"),  # noqa: SIM115 - the child keeps it
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def metrics(self) -> str:
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
-            return r.read().decode()
-
-    def metric(self, name: str) -> float:
-        """One metric summed over its label sets (0 while the endpoint is not up)."""
-        return scrape(self.metrics_port).get(name, 0.0)
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
-
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        """Ready = the worker serves metrics and has been assigned partitions (its consumer is running)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited: {self.log_tail()}")
-            text = self.log.read_text(errors="replace") if self.log.exists() else ""
-            if "Worker: Ready" in text or "[^Worker]: Ready" in text:
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"worker not ready: {self.log_tail()}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        stop_group(self.proc, timeout=20, sig=sig)
 
 
 def start_trainer(bootstrap: str, topics: Topics, registry: Path, log_dir: Path, out: Path, *args: str):
@@ -219,10 +130,10 @@ def stored_sessions(bootstrap: str, topics: Topics) -> dict:
     """The session table as its changelog holds it, read to its real end (after the workers stopped)."""
     import asyncio
 
-    from stream.settings import Settings
+    from stream.settings import WorkerSettings
     from stream.worker.changelog import read_changelog
 
-    partitions = list(range(Settings().partitions))
+    partitions = list(range(WorkerSettings().partitions))
     return asyncio.run(read_changelog(bootstrap, f"{topics.app_id}-sessions-changelog", partitions))[0]
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from model.lifecycle.checkpoint import load_checkpoint
 from stream.worker.expiry import EventClock, is_idle
-from tests.stream.harness import Worker, click, collect, send, stored_sessions
+from stream.worker.process import WorkerProcess
+from tests.stream.harness import click, collect, send, stored_sessions
 
 NOW = 1_700_000_000.0
 TTL = 1800.0
@@ -78,7 +79,7 @@ def test_a_click_stamped_20_hours_ahead_closes_no_other_visitors_session(
     second here), their next clicks starting new sessions."""
     model, _ = load_checkpoint(served_checkpoint)
     vocab = model.vocab.ids[1:]
-    worker = Worker(bootstrap, topics, served_checkpoint, tmp_path)
+    worker = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path)
     now = time.time()
     try:
         worker.wait_ready()

@@ -19,7 +19,8 @@ from model.lifecycle.experiment import fit_model, make_model
 from model.lifecycle.registry import Registry
 from model.lifecycle.sessionlog import SessionLog
 from stream.kafka.clients import producer
-from tests.stream.harness import Worker, click, collect, send
+from stream.worker.process import WorkerProcess
+from tests.stream.harness import click, collect, send
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,7 @@ def _steady_load(bootstrap: str, topic: str, stop: threading.Event, sent: list[s
     prod.close()
 
 
-def _serving(worker: Worker) -> str | None:
+def _serving(worker: WorkerProcess) -> str | None:
     for line in worker.metrics().splitlines():
         if line.startswith("nextclick_model_info{") and line.endswith(" 1.0"):
             return line.split('version="')[1].split('"')[0]
@@ -77,7 +78,9 @@ def test_trainer_publishes_every_worker_swaps_no_click_is_lost_and_a_corrupt_ver
     )
     # a long poll interval: a swap within seconds must come from the model-updates announcement
     env = {"NEXTCLICK_REGISTRY_POLL_INTERVAL": "60"}
-    workers = [Worker(bootstrap, topics, None, tmp_path, registry=registry.root, **env) for _ in range(2)]
+    workers = [
+        WorkerProcess(bootstrap, topics, None, tmp_path, registry=registry.root, **env) for _ in range(2)
+    ]
     stop, sent = threading.Event(), []
     load = threading.Thread(target=_steady_load, args=(bootstrap, topics.clicks, stop, sent))
     try:

@@ -16,7 +16,8 @@ from model.lifecycle.checkpoint import load_checkpoint
 from model.lifecycle.registry import Registry
 from model.lifecycle.sessionlog import SessionLog
 from stream.kafka.broker import free_port, port_open
-from tests.stream.harness import Worker, click, send, start_trainer
+from stream.worker.process import WorkerProcess
+from tests.stream.harness import click, send, start_trainer
 from tests.test_deploy import ALERTS, alert_rules, dashboard_exprs, signal_of
 
 pytestmark = pytest.mark.slow
@@ -45,7 +46,7 @@ def test_prometheus_scrapes_a_worker_and_the_trainer_and_every_expression_return
         {"session_id": f"h{i}", "items": list(item_id(s[i])), "timestamps": [1.0] * len(s[i])}
         for i in range(len(s))
     )
-    worker = Worker(bootstrap, topics, None, tmp_path, registry=registry.root)
+    worker = WorkerProcess(bootstrap, topics, None, tmp_path, registry=registry.root)
     trainer_port, prom_port = free_port(), free_port()
     # --gate-tolerance 1: publish whatever it trains (this test is about metrics; the gate has its own test)
     trainer = start_trainer(

@@ -13,7 +13,8 @@ import pytest
 from model.lifecycle.checkpoint import load_checkpoint
 from stream.kafka.broker import is_tansu
 from stream.worker.changelog import read_changelog
-from tests.stream.harness import Worker, click, collect, group_positions, local_broker, send
+from stream.worker.process import WorkerProcess
+from tests.stream.harness import click, collect, group_positions, local_broker, send
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +54,7 @@ def test_every_valid_click_is_answered_once_in_order_and_bad_ones_go_to_the_dlq(
         (b"x6", b"\xff\xfe\xfd"),
         (b"x7", json.dumps([1, 2, 3]).encode()),
     ]
-    worker = Worker(bootstrap, topics, served_checkpoint, tmp_path)
+    worker = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path)
     try:
         worker.wait_ready()
         messages = [click(s, i, e) for s, i, e in clicks]
@@ -101,7 +102,7 @@ def _restart(
     model, _ = load_checkpoint(checkpoint)
     vocab = model.vocab.ids[1:]
     burst = _clicks(30, 12, vocab, seed=1)
-    worker = Worker(bootstrap, topics, checkpoint, tmp_path, **env)
+    worker = WorkerProcess(bootstrap, topics, checkpoint, tmp_path, **env)
     try:
         worker.wait_ready()
         send(bootstrap, topics.clicks, [click(s, i, e) for s, i, e in burst])
@@ -112,7 +113,7 @@ def _restart(
         worker.stop()
 
     restarted = time.monotonic()
-    again = Worker(bootstrap, topics, checkpoint, tmp_path, **env)
+    again = WorkerProcess(bootstrap, topics, checkpoint, tmp_path, **env)
     try:
         final = _clicks(30, 1, vocab, seed=2)
         send(bootstrap, topics.clicks, [click(s, i, e + "-after") for s, i, e in final])  # sent at once
@@ -200,8 +201,8 @@ def test_two_workers_share_the_partitions_and_answer_every_click_once(
     model, _ = load_checkpoint(served_checkpoint)
     vocab = model.vocab.ids[1:]
     clicks = _clicks(40, 5, vocab, seed=3)
-    a = Worker(bootstrap, topics, served_checkpoint, tmp_path)
-    b = Worker(bootstrap, topics, served_checkpoint, tmp_path)
+    a = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path)
+    b = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path)
     try:
         a.wait_ready()
         b.wait_ready()
@@ -221,7 +222,7 @@ def test_two_workers_share_the_partitions_and_answer_every_click_once(
 def test_idle_and_over_long_sessions_are_closed_and_published(bootstrap, topics, served_checkpoint, tmp_path):
     model, _ = load_checkpoint(served_checkpoint)
     vocab = model.vocab.ids[1:]
-    worker = Worker(
+    worker = WorkerProcess(
         bootstrap,
         topics,
         served_checkpoint,

@@ -23,12 +23,12 @@ from model.data.synthetic import item_id, synthetic_sessions
 from model.lifecycle.checkpoint import load_checkpoint
 from model.lifecycle.registry import Registry
 from model.lifecycle.sessionlog import SessionLog
-from stream.demo import scrape, serving_version
+from stream.metrics import scrape, serving_version
+from stream.settings import Topics
+from stream.worker.process import WorkerProcess
 from tests.hostile import EXTRAS, KINDS, hostile_message
 from tests.stream.harness import (
     Load,
-    Topics,
-    Worker,
     collect,
     local_broker,
     send,
@@ -104,7 +104,7 @@ def _answers_to(bootstrap: str, topics: Topics, load: Load, **collect_kw: float)
     return events, collect(bootstrap, topics.recommendations, len(events), events=events, **collect_kw)
 
 
-def _wait_until_consumed(worker: Worker, load: Load, timeout: float = 30.0) -> None:
+def _wait_until_consumed(worker: WorkerProcess, load: Load, timeout: float = 30.0) -> None:
     """Until the worker has consumed (nearly) every click sent so far, then 2 s for the last answers."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and worker.metric("nextclick_events_total") < len(load.sent) - 5:
@@ -123,7 +123,9 @@ def _histories_intact(bootstrap: str, topics: Topics, load: Load) -> int:
 @pytest.fixture(scope="module")
 def fuzz_worker(bootstrap, served_checkpoint, tmp_path_factory):
     topics = Topics()
-    worker = Worker(bootstrap, topics, served_checkpoint, tmp_path_factory.mktemp("fuzz"), **FUZZ_LIMITS)
+    worker = WorkerProcess(
+        bootstrap, topics, served_checkpoint, tmp_path_factory.mktemp("fuzz"), **FUZZ_LIMITS
+    )
     worker.wait_ready()
     yield worker, topics
     worker.stop()
@@ -192,7 +194,7 @@ def test_hostile_messages_mixed_into_traffic_go_to_the_dlq_and_every_valid_click
 # -- worker crash and failover ---------------------------------------------------------------------------
 def test_kill_9_under_load_loses_no_click_and_no_history(bootstrap, topics, served_checkpoint, tmp_path):
     model, _ = load_checkpoint(served_checkpoint)
-    worker = Worker(bootstrap, topics, served_checkpoint, tmp_path)
+    worker = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path)
     again = None
     try:
         worker.wait_ready()
@@ -200,7 +202,7 @@ def test_kill_9_under_load_loses_no_click_and_no_history(bootstrap, topics, serv
             time.sleep(4)
             worker.stop(signal.SIGKILL)
             killed = time.time()
-            again = Worker(bootstrap, topics, served_checkpoint, tmp_path)
+            again = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path)
             again.wait_ready()
             ready = time.time()
             time.sleep(4)
@@ -228,8 +230,8 @@ def test_the_surviving_worker_takes_over_a_killed_workers_partitions(
     bootstrap, topics, served_checkpoint, tmp_path
 ):
     model, _ = load_checkpoint(served_checkpoint)
-    a = Worker(bootstrap, topics, served_checkpoint, tmp_path)
-    b = Worker(bootstrap, topics, served_checkpoint, tmp_path)
+    a = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path)
+    b = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path)
     try:
         a.wait_ready()
         b.wait_ready()
@@ -260,13 +262,13 @@ def test_workers_joining_and_leaving_under_load_lose_no_click_and_no_history(
     skipped clicks that arrived during a rebalance (359 of 8,621 in one run, histories broken in another).
     200 sessions keep every history under the 200-click limit, so each can be compared whole."""
     model, _ = load_checkpoint(served_checkpoint)
-    a = Worker(bootstrap, topics, served_checkpoint, tmp_path)
-    joiners: list[Worker] = []
+    a = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path)
+    joiners: list[WorkerProcess] = []
     try:
         a.wait_ready()
         with Load(bootstrap, topics.clicks, model.vocab.ids[1:], sessions=200, rate=100) as load:
             for how in (signal.SIGTERM, signal.SIGKILL, signal.SIGTERM):
-                b = Worker(bootstrap, topics, served_checkpoint, tmp_path)
+                b = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path)
                 joiners.append(b)
                 b.wait_ready()
                 time.sleep(3)
@@ -295,7 +297,7 @@ def test_a_broker_frozen_for_10_s_loses_nothing_and_everyone_recovers(engine, se
     topics = Topics()
     with local_broker(engine) as broker:
         bootstrap = broker.bootstrap
-        worker = Worker(
+        worker = WorkerProcess(
             bootstrap, topics, None, tmp_path, registry=registry.root, NEXTCLICK_MAX_SESSION_LENGTH="8"
         )
         trainer = start_trainer(  # logs sessions, never trains here
@@ -361,7 +363,7 @@ def test_a_kafka_broker_killed_under_load_and_restarted_on_its_log_dirs_loses_no
     topics = Topics()
     with local_broker("kafka") as broker:
         bootstrap = broker.bootstrap
-        worker = Worker(bootstrap, topics, served_checkpoint, tmp_path)
+        worker = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path)
         try:
             worker.wait_ready()
             load = Load(bootstrap, topics.clicks, model.vocab.ids[1:], sessions=40, rate=80, idempotent=True)
@@ -403,7 +405,7 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:
     return False
 
 
-def _wait_serving(worker: Worker, version: str, timeout: float = 30.0) -> None:
+def _wait_serving(worker: WorkerProcess, version: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while serving_version(scrape(worker.metrics_port)) != version:
         assert time.monotonic() < deadline, f"worker never served {version}: {worker.log_tail()}"
@@ -421,7 +423,7 @@ def test_a_trainer_killed_mid_training_or_mid_publish_publishes_nothing(
         {"session_id": f"h{i}", "items": list(item_id(s[i])), "timestamps": [float(i)] * len(s[i])}
         for i in range(len(s))
     )
-    worker = Worker(bootstrap, topics, None, tmp_path, registry=registry.root)
+    worker = WorkerProcess(bootstrap, topics, None, tmp_path, registry=registry.root)
     gru = ["--model", "gru4rec", "--scratch", "--set", "layers=[32]", "--set", "batch_size=32"]
     outcomes = {}
     try:

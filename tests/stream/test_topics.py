@@ -12,7 +12,9 @@ from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
 from model.lifecycle.checkpoint import load_checkpoint
 from stream.kafka.broker import is_tansu
-from tests.stream.harness import Topics, Worker, click, collect, send, stored_sessions
+from stream.settings import Topics
+from stream.worker.process import WorkerProcess
+from tests.stream.harness import click, collect, send, stored_sessions
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +51,7 @@ def test_the_worker_creates_its_topics_with_the_configured_partitions_and_a_comp
     bootstrap, topics, served_checkpoint, tmp_path
 ):
     model, _ = load_checkpoint(served_checkpoint)
-    worker = Worker(bootstrap, topics, served_checkpoint, tmp_path, NEXTCLICK_PARTITIONS="3")
+    worker = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path, NEXTCLICK_PARTITIONS="3")
     try:
         worker.wait_ready()
         send(bootstrap, topics.clicks, [click("s1", model.vocab.ids[1], "e1")])
@@ -80,7 +82,7 @@ def test_compaction_bounds_the_session_changelog_on_kafka(bootstrap, topics, ser
     model, _ = load_checkpoint(served_checkpoint)
     vocab = model.vocab.ids[1:]
     changelog = f"{topics.app_id}-sessions-changelog"
-    worker = Worker(bootstrap, topics, served_checkpoint, tmp_path, NEXTCLICK_BATCH_WAIT_MS="1")
+    worker = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path, NEXTCLICK_BATCH_WAIT_MS="1")
     history: dict[str, list[str]] = {f"c{j}": [] for j in range(20)}
     try:
         worker.wait_ready()
@@ -131,7 +133,7 @@ def test_a_worker_serves_topics_an_operator_created_by_hand(bootstrap, served_ch
     finally:
         admin.close()
     model, _ = load_checkpoint(served_checkpoint)
-    worker = Worker(bootstrap, topics, served_checkpoint, tmp_path, NEXTCLICK_CREATE_TOPICS="0")
+    worker = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path, NEXTCLICK_CREATE_TOPICS="0")
     try:
         worker.wait_ready()
         send(bootstrap, topics.clicks, [click("h1", model.vocab.ids[1], "h1-0"), (b"h2", b"not json")])
@@ -145,8 +147,8 @@ def test_a_worker_serves_topics_an_operator_created_by_hand(bootstrap, served_ch
 def test_partitions_replication_and_topic_creation_reach_faust():
     """What a one-broker test cluster cannot show: a replication factor of 3 and no topic creation reach the
     Faust app the worker runs, for every topic it declares."""
-    from stream.settings import Settings
+    from stream.settings import WorkerSettings
     from stream.worker.pipeline import base_app
 
-    conf = base_app(Settings(partitions=12, replication_factor=3, create_topics=False)).conf
+    conf = base_app(WorkerSettings(partitions=12, replication_factor=3, create_topics=False)).conf
     assert (conf.topic_partitions, conf.topic_replication_factor, conf.topic_allow_declare) == (12, 3, False)
