@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections import defaultdict
 
@@ -36,6 +37,25 @@ def _by_event(records) -> dict[str, list[dict]]:
         value = json.loads(r.value)
         seen[value["event_id"]].append(value)
     return seen
+
+
+def test_fausts_own_command_line_serves_through_the_entry_module(
+    bootstrap, topics, served_checkpoint, tmp_path
+):
+    """`faust -A stream.app worker`, as README says, with the settings in the environment only."""
+    faust = [sys.executable, "-m", "faust", "-A", "stream.app", "worker"]
+    worker = WorkerProcess(
+        bootstrap, topics, None, tmp_path, command=faust, NEXTCLICK_CHECKPOINT=str(served_checkpoint)
+    )
+    try:
+        worker.wait_ready()
+        send(bootstrap, topics.clicks, [click("f1", "i1", "f1-0"), click("f1", "i2", "f1-1")])
+        recs = collect(bootstrap, topics.recommendations, 2, events={"f1-0", "f1-1"})
+    finally:
+        worker.stop()
+    answered = [json.loads(r.value) for r in recs]
+    assert sorted(a["event_id"] for a in answered) == ["f1-0", "f1-1"]
+    assert all(a["model"] == "vsknn" and len(a["items"]) == 20 for a in answered)
 
 
 def test_every_valid_click_is_answered_once_in_order_and_bad_ones_go_to_the_dlq(
