@@ -84,7 +84,7 @@ class FromEnv:
         """A flag's help line: its text, its variable and its default, all taken from the field."""
         field = next(f for f in dataclasses.fields(cls) if f.name == name)  # type: ignore[arg-type]
         parts = [f"env {variable(field)}"] if variable(field) else []
-        if field.default is not dataclasses.MISSING:
+        if field.default not in (dataclasses.MISSING, None):
             parts.append(f"default {field.default}")
         return f"{text} ({', '.join(parts)})" if parts else text
 
