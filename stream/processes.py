@@ -41,5 +41,5 @@ class Child:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def stop(self) -> None:
-        stop_group(self.proc)
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        stop_group(self.proc, timeout=timeout, sig=sig)

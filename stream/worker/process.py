@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from stream.kafka.broker import free_port
 from stream.metrics import scrape
-from stream.processes import stop_group
+from stream.processes import Child
 from stream.settings import Topics
 
 
-class WorkerProcess:
+class WorkerProcess(Child):
     """`nextclick worker` as a child process, with its own data dir and metrics port."""
 
     def __init__(
@@ -31,7 +30,7 @@ class WorkerProcess:
     ) -> None:
         """`command` replaces `nextclick worker` (a benchmark's bare Faust agent)."""
         self.metrics_port = free_port()
-        self.log = workdir / f"worker-{self.metrics_port}.log"
+        log = workdir / f"worker-{self.metrics_port}.log"
         full_env = {
             **os.environ,
             **topics.env(),
@@ -42,19 +41,8 @@ class WorkerProcess:
             **env,
         }
         model = ["--registry", str(registry)] if registry else ["--checkpoint", str(checkpoint)]
-        self.proc = subprocess.Popen(
-            [*(command or [sys.executable, "-m", "stream.cli", "worker", *model]), "--loglevel", "info"],
-            env=full_env,
-            stdout=open(self.log, "wb"),  # noqa: SIM115 - the child keeps it
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def metrics(self) -> str:
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
-            return r.read().decode()
+        argv = [*(command or [sys.executable, "-m", "stream.cli", "worker", *model]), "--loglevel", "info"]
+        super().__init__("worker", argv, full_env, log)
 
     def metric(self, name: str) -> float:
         """One metric summed over its label sets (0 while the endpoint is not up)."""
@@ -75,5 +63,5 @@ class WorkerProcess:
             time.sleep(0.2)
         raise TimeoutError(f"worker not ready: {self.log_tail()}")
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        stop_group(self.proc, timeout=20, sig=sig)
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+        super().stop(sig, timeout)

@@ -19,6 +19,7 @@ from model.lifecycle.experiment import fit_model, make_model
 from model.lifecycle.registry import Registry
 from model.lifecycle.sessionlog import SessionLog
 from stream.kafka.clients import producer
+from stream.metrics import scrape, serving_version
 from stream.worker.process import WorkerProcess
 from tests.stream.harness import click, collect, send
 
@@ -44,10 +45,8 @@ def _steady_load(bootstrap: str, topic: str, stop: threading.Event, sent: list[s
 
 
 def _serving(worker: WorkerProcess) -> str | None:
-    for line in worker.metrics().splitlines():
-        if line.startswith("nextclick_model_info{") and line.endswith(" 1.0"):
-            return line.split('version="')[1].split('"')[0]
-    return None
+    version = serving_version(scrape(worker.metrics_port))
+    return None if version == "-" else version
 
 
 def _wait(predicate, timeout: float) -> float:
