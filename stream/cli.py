@@ -13,22 +13,22 @@ from stream.kafka.broker import ENGINES
 from stream.settings import KafkaSettings, TrainerSettings, WorkerSettings
 
 EXIT_USER_ERROR = 2
-# the trainer's flags, each a field of TrainerSettings of the same name
+# the trainer's flags, each a field of TrainerSettings of the same name: (field, type, help text)
 TRAINER_FLAGS = (
-    "registry",
-    "log_dir",
-    "interval",
-    "min_new_sessions",
-    "model",
-    "epochs",
-    "gate_metric",
-    "gate_tolerance",
-    "retention_days",
-    "max_sessions",
-    "keep_versions",
-    "metrics_port",
-    "metrics_addr",
-    "device",
+    ("registry", str, "registry folder"),
+    ("log_dir", str, "session log folder (unset: REGISTRY/../session-log)"),
+    ("interval", float, "retrain at least this often, seconds"),
+    ("min_new_sessions", int, "... or after this many new sessions"),
+    ("model", str, "model kind (unset: the serving one's, gru4rec for an empty registry)"),
+    ("epochs", int, "epochs a cycle trains"),
+    ("gate_metric", str, "the metric the gate compares"),
+    ("gate_tolerance", float, "publish if >= serving - this"),
+    ("retention_days", float, "days of sessions the log keeps"),
+    ("max_sessions", int, "train on at most the newest N sessions"),
+    ("keep_versions", int, "versions kept in the registry"),
+    ("metrics_port", int, "Prometheus /metrics port, 0 = off"),
+    ("metrics_addr", str, "address /metrics binds to"),
+    ("device", str, "auto, cpu or cuda[:N]"),
 )
 
 
@@ -183,7 +183,7 @@ def cmd_trainer(args: argparse.Namespace) -> int:
         level=getattr(logging, args.loglevel.upper()), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     logging.getLogger("kafka").setLevel(logging.WARNING)
-    flags = {name: getattr(args, name) for name in TRAINER_FLAGS}
+    flags = {name: getattr(args, name) for name, _, _ in TRAINER_FLAGS}
     settings = TrainerSettings.from_env(
         **flags, warm_start=False if args.scratch else None, sets=parse_sets(args.set) or None
     )
@@ -346,22 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.set_defaults(func=cmd_worker)
 
     tr = sub.add_parser("trainer", help="log finished sessions, retrain, gate and publish to a registry")
-    for name, kind, text in (
-        ("registry", str, "registry folder"),
-        ("log_dir", str, "session log folder (unset: REGISTRY/../session-log)"),
-        ("interval", float, "retrain at least this often, seconds"),
-        ("min_new_sessions", int, "... or after this many new sessions"),
-        ("model", str, "model kind (unset: the serving one's, gru4rec for an empty registry)"),
-        ("epochs", int, "epochs a cycle trains"),
-        ("gate_metric", str, "the metric the gate compares"),
-        ("gate_tolerance", float, "publish if >= serving - this"),
-        ("retention_days", float, "days of sessions the log keeps"),
-        ("max_sessions", int, "train on at most the newest N sessions"),
-        ("keep_versions", int, "versions kept in the registry"),
-        ("metrics_port", int, "Prometheus /metrics port, 0 = off"),
-        ("metrics_addr", str, "address /metrics binds to"),
-        ("device", str, "auto, cpu or cuda[:N]"),
-    ):
+    for name, kind, text in TRAINER_FLAGS:
         flag = "--keep" if name == "keep_versions" else "--" + name.replace("_", "-")
         tr.add_argument(flag, dest=name, type=kind, help=TrainerSettings.describe(name, text))
     tr.add_argument(

