@@ -28,7 +28,7 @@ from model.data.dataset import SessionData
 from model.lifecycle.checkpoint import load_checkpoint, save_checkpoint
 from model.lifecycle.experiment import epoch_field, evaluate_model, fit_model, make_model
 from model.models.base import Recommender
-from model.models.zoo import MODELS
+from model.models.zoo import MODELS, model_class
 
 # Smaller than the defaults so the suite stays quick on 2 cores; a model not listed is fitted with its
 # defaults (at most 3 epochs where it trains in epochs).
@@ -52,11 +52,10 @@ def fitted(request, tiny_data) -> Recommender:
     name = request.param
     sets = dict(TINY.get(name, {}))
     epochs = sets.pop("epochs", None)
-    model = make_model(name, tiny_data, sets=sets)
-    if epochs is None and (field := epoch_field(model.params)):
-        epochs = min(3, getattr(model.params, field))
-    if epochs is not None:
-        model = make_model(name, tiny_data, sets=sets, epochs=epochs)
+    defaults = model_class(name).Params()
+    if epochs is None and (field := epoch_field(defaults)):
+        epochs = min(3, getattr(defaults, field))
+    model = make_model(name, tiny_data, sets=sets, epochs=epochs)
     fit_model(model, tiny_data)
     return model
 
