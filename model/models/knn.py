@@ -105,9 +105,15 @@ class SessionKnn(Recommender):
         keep = order[rank < self.params.k]
         return sp.csr_matrix((sim.data[keep], (rows[keep], sim.indices[keep])), shape=sim.shape)
 
-    def score(self, sessions: Sequence[np.ndarray]) -> torch.Tensor:
+    def neighbourhood_scores(self, sessions: Sequence[np.ndarray]) -> sp.csr_matrix:
+        """score(i) above as a sparse (B, n_items + 1) matrix: only items some neighbour holds appear."""
         sim = self._query(sessions) @ self.item_sessions  # (B, n_sessions)
-        scores = (self._top_neighbours(sim.tocsr()) @ self.incidence).toarray()
+        scores = (self._top_neighbours(sim.tocsr()) @ self.incidence).tocsr()
+        scores.sort_indices()
+        return scores
+
+    def score(self, sessions: Sequence[np.ndarray]) -> torch.Tensor:
+        scores = self.neighbourhood_scores(sessions).toarray()
         positive = np.where(scores > 0, scores, np.inf).min(axis=1, keepdims=True)
         positive = np.where(np.isfinite(positive), positive, 1.0)
         scores += (TIE_BREAK * positive) * self.popularity[None, :]

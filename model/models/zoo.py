@@ -14,6 +14,7 @@ MODELS: dict[str, str] = {
     "srgnn": "model.models.srgnn:SRGNNRecommender",
     "gru4rec": "model.models.gru4rec:GRU4RecRecommender",
     "mtaw": "model.models.mtaw:MTAWRecommender",
+    "rerank": "model.models.rerank:KnnReranker",
 }
 
 
