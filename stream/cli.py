@@ -19,7 +19,7 @@ TRAINER_FLAGS = (
     ("log_dir", str, "session log folder (unset: REGISTRY/../session-log)"),
     ("interval", float, "retrain at least this often, seconds"),
     ("min_new_sessions", int, "... or after this many new sessions"),
-    ("model", str, "model kind (unset: the serving one's, gru4rec for an empty registry)"),
+    ("model", str, "model kind (unset: the serving one's, rerank for an empty registry)"),
     ("epochs", int, "epochs a cycle trains"),
     ("gate_metric", str, "the metric the gate compares"),
     ("gate_tolerance", float, "publish if >= serving - this"),

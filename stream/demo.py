@@ -2,7 +2,7 @@
 
 1. starts a broker of its own on a free port: the embedded Tansu (`--engine tansu`, the default: pip only) or
    Apache Kafka (`--engine kafka`: Java and scripts/install_kafka.sh), its log dirs in the working folder;
-2. trains a first model (GRU4Rec, one epoch) on a synthetic click history, publishes it as v000001 to a
+2. trains a first model (rerank, the most accurate: session-kNN re-ranked) on a synthetic click history, publishes it as v000001 to a
    fresh registry and writes that history into the trainer's session log;
 3. starts `nextclick worker --registry` and `nextclick trainer` as child processes (the same commands an
    operator runs), the worker with a short session TTL so that sessions close and reach the trainer
@@ -76,7 +76,7 @@ def online(metrics: dict[str, float]) -> tuple[float, float]:
 
 
 def first_model(registry: Path, log_dir: Path) -> None:
-    """v000001: GRU4Rec, one epoch on a synthetic history of the same item world the stream walks; the
+    """v000001: rerank (the model served by default) on a synthetic history of the same item world the stream walks; the
     history also goes into the trainer's session log, as if the stream had logged it the day before."""
     from model.data.synthetic import synthetic_data
     from model.lifecycle.experiment import fit_model, make_model, seed_everything
@@ -85,7 +85,7 @@ def first_model(registry: Path, log_dir: Path) -> None:
 
     seed_everything(0)
     data = synthetic_data(n_sessions=3000, n_items=1000, seed=0)
-    model = make_model("gru4rec", data, epochs=1, sets={"layers": [64], "batch_size": 64})
+    model = make_model("rerank", data)
     fit_model(model, data)
     Registry(registry).publish(model, data={"name": data.name})
     train = data.train
@@ -125,7 +125,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
         broker.start()
         say(f"{broker.name} broker on {broker.bootstrap}; working folder {work}")
         registry, log_dir = work / "registry", work / "session-log"
-        say("training the first model (GRU4Rec, 1 epoch on a synthetic history) ...")
+        say("training the first model (rerank: session-kNN re-ranked, on a synthetic history) ...")
         first_model(registry, log_dir)
         metrics_port = opts.metrics_port or free_port()
         env = {

@@ -165,7 +165,7 @@ class TrainerSettings(KafkaSettings):
     log_dir: str | None = dataclasses.field(default=None, metadata=env("NEXTCLICK_SESSION_LOG"))
     interval: float = _trainer(300.0, "INTERVAL")
     min_new_sessions: int = _trainer(1000, "MIN_NEW_SESSIONS")
-    model: str | None = _trainer(None, "MODEL")  # None: the serving model's kind, gru4rec for none
+    model: str | None = _trainer(None, "MODEL")  # None: the serving model's kind, rerank for none
     warm_start: bool = _trainer(True, "WARM_START")
     epochs: int | None = _trainer(3, "EPOCHS")
     sets: dict[str, Any] = dataclasses.field(default_factory=dict, metadata=env(None))

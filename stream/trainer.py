@@ -75,7 +75,7 @@ class Trainer:
         serving = None
         if serving_version is not None:
             serving, _ = load_checkpoint(self.registry.path(serving_version), "cpu")
-        name = s.model or (serving.name if serving is not None else "gru4rec")
+        name = s.model or (serving.name if serving is not None else "rerank")
         base = serving.vocab if serving is not None and s.warm_start and serving.name == name else None
         data = log_to_data(records, base, s.holdout_fraction)
         device = resolve_device(s.device)

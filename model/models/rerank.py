@@ -81,10 +81,10 @@ class RerankParams:
     rules_steps: int = 10  # sequential rules: pairs up to this many clicks apart
     rules_candidates: int = 30  # best rule items after the last click proposed per session
     hidden: int = 64  # width of the scorer's two hidden layers
-    epochs: int = 10  # at most; the epoch is chosen on the newest dev_fraction of the held-out samples
-    patience: int = 2
+    epochs: int = 30  # at most; the epoch is chosen on the newest dev_fraction of the held-out samples
+    patience: int = 3
     lr: float = 1e-3
-    batch_size: int = 500  # samples per step (and per featurised chunk)
+    batch_size: int = 32  # samples per step (and per featurised chunk): chosen on validation (below)
     rerank_fraction: float = 0.1  # newest training sessions held out to train the scorer on
     dev_fraction: float = 0.2  # newest share of those samples choosing the epoch
     features: str = "knn,rules,repeat"  # feature groups in use (ablations)

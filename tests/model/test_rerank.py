@@ -1,0 +1,131 @@
+"""The re-ranker (model.models.rerank): its features equal their definitions, no test sample sees another,
+evaluation changes nothing, its ablations switch what they say, and the trainer warm-starts it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.data.dataset import SessionData
+from model.data.sessions import Sessions
+from model.errors import UserError
+from model.lifecycle.checkpoint import load_checkpoint, save_checkpoint
+from model.lifecycle.experiment import evaluate_model, fit_model, make_model
+from model.lifecycle.retrain import train_candidate
+from model.models.rerank import FEATURES, KnnReranker, sequential_rules
+
+FAST = {"epochs": 4}
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_data) -> KnnReranker:
+    model = make_model("rerank", tiny_data, sets=FAST)
+    fit_model(model, tiny_data)
+    return model
+
+
+def test_sequential_rules_match_their_definition():
+    sessions = [[1, 2, 3, 2], [2, 4], [3, 1, 2]]
+    m = sequential_rules(Sessions.from_lists(sessions), n_items=4, steps=2).toarray()
+    direct = np.zeros((5, 5))
+    for s in sessions:
+        for i, a in enumerate(s):
+            for d in (1, 2):
+                if i + d < len(s):
+                    direct[a, s[i + d]] += 1.0 / d
+    np.testing.assert_allclose(m, direct, rtol=1e-6)
+
+
+def test_candidate_features_follow_the_session(fitted):
+    session = np.array([5, 9, 5, 7], dtype=np.int64)
+    c = fitted.candidates([session])
+    items = c.items[0][c.mask[0]]
+    features = {f: c.features[0][c.mask[0]][:, i] for i, f in enumerate(FEATURES)}
+    at = {int(item): row for row, item in enumerate(items)}
+    assert {5, 9, 7} <= set(at)  # the session's own items are always candidates
+    assert features["log_count"][at[5]] == pytest.approx(np.log1p(2))
+    assert features["recency"][at[5]] == pytest.approx(1 / 2)  # latest 5 is two clicks from the end
+    assert features["recency"][at[7]] == 1.0 and features["is_last"][at[7]] == 1.0
+    assert features["is_last"][at[9]] == 0.0
+    assert features["repeat_share"][0] == pytest.approx(1 - 3 / 4)
+    others = [row for item, row in at.items() if item not in (5, 7, 9)]
+    assert others and np.all(features["in_session"][others] == 0)
+    assert features["knn"].max() == pytest.approx(1.0)  # scaled by the row's maximum
+
+
+def test_no_test_sample_sees_another(fitted, tiny_data: SessionData, tmp_path: Path):
+    """A checkpoint's metrics on a test set equal those on the same set shuffled, and at batch sizes 1 and
+    512: the kNN part, the rules, the repeat features and the scorer all look at one session at a time."""
+    model, _ = load_checkpoint(save_checkpoint(fitted, tmp_path / "ck"))
+    test = tiny_data.test.select(np.arange(300))
+    data = SessionData(tiny_data.name, tiny_data.vocab, tiny_data.train, test)
+    shuffled = SessionData(
+        data.name, data.vocab, data.train, test.select(np.random.default_rng(0).permutation(len(test)))
+    )
+    runs = [
+        evaluate_model(model, data, batch_size=512),
+        evaluate_model(model, data, batch_size=1),
+        evaluate_model(model, shuffled, batch_size=512),
+        evaluate_model(model, shuffled, batch_size=7),
+    ]
+    for other in runs[1:]:
+        for key in ("recall@10", "mrr@10", "recall@20", "mrr@20"):
+            assert other[key] == pytest.approx(runs[0][key], abs=1e-9), key
+
+
+def test_evaluation_builds_nothing_from_the_test_split(fitted, tiny_data: SessionData):
+    before = {k: v.clone() for k, v in fitted.state_tensors().items()}
+    probe = tiny_data.test.prefixes(range(20))
+    scores = fitted.score(probe)
+    evaluate_model(fitted, tiny_data)
+    after = fitted.state_tensors()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(fitted.score(probe), scores)
+
+
+def test_it_beats_vsknn_where_visitors_come_back(tiny_data: SessionData):
+    """On a world where a third of the next clicks go back to an item already seen, learning when to
+    repeat pays: the re-ranker's MRR@20 beats V-SKNN's (0.400 against 0.366 when written)."""
+    rng = np.random.default_rng(1)
+    sessions = []
+    for s in tiny_data.train:
+        s = s.tolist()
+        for i in range(2, len(s)):
+            if rng.random() < 0.35:
+                s[i] = s[rng.integers(0, i)]
+        sessions.append(s)
+    train = Sessions.from_lists(sessions[:1200])
+    from model.data.sessions import prefix_samples
+
+    data = SessionData(
+        "repeats", tiny_data.vocab, train, prefix_samples(Sessions.from_lists(sessions[1200:]))
+    )
+    results = {}
+    for name in ("vsknn", "rerank"):
+        model = make_model(name, data, sets=FAST if name == "rerank" else None)
+        fit_model(model, data)
+        results[name] = evaluate_model(model, data)
+    assert results["rerank"]["mrr@20"] > results["vsknn"]["mrr@20"] + 0.015, results
+
+
+def test_feature_groups_switch_off(tiny_data: SessionData):
+    model = make_model("rerank", tiny_data, sets={"features": "knn", "epochs": 1})
+    fit_model(model, tiny_data)
+    session = tiny_data.test.prefix(0)
+    c = model.candidates([session])
+    masked = (torch.from_numpy(c.features) * model.feature_mask).numpy()
+    for f in ("in_session", "log_count", "rules", "markov"):
+        assert np.all(masked[..., FEATURES.index(f)] == 0), f
+    with pytest.raises(UserError, match="features must name"):
+        make_model("rerank", tiny_data, sets={"features": "knn,magic"})
+
+
+def test_the_trainer_warm_starts_it(fitted, tiny_data: SessionData):
+    extended = tiny_data.vocab.extend(["brand-new"])
+    data = SessionData("log", extended, tiny_data.train, tiny_data.test)
+    candidate, history = train_candidate("rerank", data, serving=fitted, epochs=1)
+    assert history["warm_start"] is True and history["warm_tensors"] == len(fitted.net.state_dict())
+    assert candidate.n_items == fitted.n_items + 1
