@@ -46,6 +46,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
+from torch.func import functional_call
 from tqdm import tqdm
 
 from model.data.sessions import Samples, Sessions, prefix_samples, split_last
@@ -268,15 +269,24 @@ class KnnReranker(Recommender):
         padded[crow, slot] = features
         return Candidates(items, mask, padded)
 
-    def _candidate_scores(self, c: Candidates) -> torch.Tensor:
-        scores = self.net(torch.from_numpy(c.features) * self.feature_mask)
+    def _candidate_scores(self, c: Candidates, exact: bool = False) -> torch.Tensor:
+        """The scorer on every candidate. With `exact` (serving) it runs in float64 and answers in float32:
+        a float32 matrix product rounds differently with the batch's shape, which reorders near-equal
+        candidates, so a session would get another list alone than in a batch; float64 rounded to float32
+        gives the same bits in every batch."""
+        features = torch.from_numpy(c.features) * self.feature_mask
+        if exact:
+            weights = {k: v.double() for k, v in self.net.state_dict().items()}
+            scores = functional_call(self.net, weights, (features.double(),)).float()
+        else:
+            scores = self.net(features)
         return scores.masked_fill(~torch.from_numpy(c.mask), -torch.inf)
 
     # -- the Recommender interface ----------------------------------------------------------------------
     def score(self, sessions: Sequence[np.ndarray]) -> torch.Tensor:
         c = self.candidates(sessions)
         with torch.no_grad():
-            scores = self._candidate_scores(c)
+            scores = self._candidate_scores(c, exact=True)
         lowest = torch.where(scores.isfinite(), scores, torch.inf).min(dim=1).values
         lowest = torch.where(lowest.isfinite(), lowest, 0.0)
         # other items: below the row's lowest candidate, by popularity (log_popularity in [0, 1])

@@ -76,6 +76,14 @@ def test_no_test_sample_sees_another(fitted, tiny_data: SessionData, tmp_path: P
             assert other[key] == pytest.approx(runs[0][key], abs=1e-9), key
 
 
+def test_a_session_gets_the_same_bits_alone_and_in_a_batch(fitted, tiny_data: SessionData):
+    """The worker answers a session inside whatever batch it arrived with; the list must not change."""
+    sessions = tiny_data.test.prefixes(range(64))
+    together = fitted.score(sessions)
+    for i in (0, 17, 63):
+        assert torch.equal(fitted.score([sessions[i]])[0], together[i])
+
+
 def test_evaluation_builds_nothing_from_the_test_split(fitted, tiny_data: SessionData):
     before = {k: v.clone() for k, v in fitted.state_tensors().items()}
     probe = tiny_data.test.prefixes(range(20))
