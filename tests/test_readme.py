@@ -174,17 +174,21 @@ def test_run_the_pieces_yourself_as_written(tmp_path, readme_ports_free):
             }
 
         wait_for("every replayed click's answer", replay_answered, 120, worker, tail)
-        wait_for("the trainer to publish and the worker to swap", lambda: serving(9100) == "v000002", 240,
-                 worker, trainer)  # fmt: skip
+        # each retrain the gate lets through is published and served: v000002, and maybe more as sessions close
+        wait_for("the trainer to publish and the worker to swap", lambda: serving(9100) not in (None, "v000001"),
+                 240, worker, trainer)  # fmt: skip
         listed = run(by_command["model list"], tmp_path).stdout
-        assert re.search(r"^\* v000002", listed, flags=re.M) and re.search(r"^  v000001", listed, flags=re.M)
+        newest = re.search(r"^\* (v\d{6})", listed, flags=re.M)
+        assert newest and newest.group(1) >= "v000002" and re.search(r"^  v000001", listed, flags=re.M)
         run(by_command["model promote"], tmp_path)
         wait_for("the worker to roll back to v000001", lambda: serving(9100) == "v000001", 30, worker)
         swaps = scrape(9100)["nextclick_model_swaps_total"]
         trainer_log = trainer.text()
     finally:
         stopped = {t.name: t.ctrl_c() for t in reversed(terminals)}
-    assert '"outcome": "published"' in trainer_log and swaps == 2
+    # at least one published version served and the rollback; at most a swap per published version + 1
+    published = trainer_log.count('"outcome": "published"')
+    assert published >= 1 and 2 <= swaps <= published + 1
     assert not any(port_open("127.0.0.1", p) for p in PORTS), f"a port outlived Ctrl-C ({stopped})"
 
     got = answers()
