@@ -193,6 +193,7 @@ class KnnReranker(Recommender):
         self.markov = sequential_rules(sessions, self.n_items, 1)
         pop = np.bincount(sessions.items, minlength=self.n_items + 1).astype(np.float64)
         self.log_popularity = (np.log1p(pop) / np.log1p(max(pop.max(), 1.0))).astype(np.float32)
+        self.popular_order = np.argsort(-self.log_popularity[1:], kind="stable") + 1
 
     # -- candidates and their features ------------------------------------------------------------------
     def candidates(self, sessions: Sequence[np.ndarray]) -> Candidates:
@@ -295,6 +296,42 @@ class KnnReranker(Recommender):
         keep = torch.from_numpy(c.mask)
         out[rows[keep], torch.from_numpy(c.items)[keep]] = scores[keep]
         return out
+
+    @torch.inference_mode()
+    def recommend(
+        self, sessions: Sequence[np.ndarray], k: int = 20, exclude_seen: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`score`'s top k without its (B, n_items + 1) matrix (the worker's path): the best candidates and,
+        in a row with fewer than k of them, the most popular other items, which `score` ranks right below
+        the candidates in that order, with the same scores."""
+        c = self.candidates(sessions)
+        scores = self._candidate_scores(c, exact=True)
+        lowest = torch.where(scores.isfinite(), scores, torch.inf).min(dim=1).values
+        lowest = torch.where(lowest.isfinite(), lowest, 0.0)
+        if exclude_seen:
+            seen = torch.from_numpy(c.features[..., FEATURES.index("in_session")] > 0)
+            scores = scores.masked_fill(seen, -torch.inf)
+        k = min(k, self.n_items)
+        top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+        items = torch.from_numpy(c.items).gather(1, top.indices)
+        values = top.values
+        if values.shape[1] == k and bool(values.isfinite().all()):
+            return items, values
+        out_items = torch.zeros((len(sessions), k), dtype=torch.long)
+        out_values = torch.full((len(sessions), k), -torch.inf)
+        for row in range(len(sessions)):
+            finite = values[row].isfinite()
+            n = int(finite.sum())
+            out_items[row, :n], out_values[row, :n] = items[row, finite], values[row, finite]
+            taken = set(c.items[row][c.mask[row]].tolist())
+            if exclude_seen:
+                taken.update(np.asarray(sessions[row]).tolist())
+            fill = [i for i in self.popular_order[: k + len(taken)].tolist() if i not in taken][: k - n]
+            out_items[row, n : n + len(fill)] = torch.tensor(fill, dtype=torch.long)
+            out_values[row, n : n + len(fill)] = (
+                float(lowest[row]) - 2.0 + torch.from_numpy(self.log_popularity[fill])
+            )
+        return out_items, out_values
 
     def fit(self, train: Sessions, valid: Samples | None = None, *, progress: bool = False) -> dict[str, Any]:
         p = self.params

@@ -84,6 +84,22 @@ def test_a_session_gets_the_same_bits_alone_and_in_a_batch(fitted, tiny_data: Se
         assert torch.equal(fitted.score([sessions[i]])[0], together[i])
 
 
+@pytest.mark.parametrize("exclude_seen", [False, True])
+def test_recommend_is_the_top_of_the_full_ranking(fitted, tiny_data: SessionData, exclude_seen: bool):
+    """The worker's `recommend` skips the full score matrix; it must answer what that matrix ranks first,
+    also where a session has fewer candidates than k (k = 150 here)."""
+    sessions = tiny_data.test.prefixes(range(40))
+    full = fitted.score(sessions)
+    full[:, 0] = -torch.inf
+    if exclude_seen:
+        for row, s in enumerate(sessions):
+            full[row, torch.from_numpy(s)] = -torch.inf
+    items, values = fitted.recommend(sessions, k=150, exclude_seen=exclude_seen)
+    assert torch.equal(values, torch.topk(full, 150, dim=1).values)
+    assert torch.equal(full.gather(1, items), values)  # each item carries its own full-ranking score
+    assert all(len(set(row.tolist())) == 150 for row in items)
+
+
 def test_evaluation_builds_nothing_from_the_test_split(fitted, tiny_data: SessionData):
     before = {k: v.clone() for k, v in fitted.state_tensors().items()}
     probe = tiny_data.test.prefixes(range(20))
