@@ -46,6 +46,21 @@ class KnnParams:
     )
 
 
+def at_least_kth(rows: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the entries not below their row's k-th largest value (rows sorted ascending): every
+    entry of a row's top k, ties included, so that a full sort of these alone finds the top k of all."""
+    if len(rows) == 0:
+        return np.empty(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    ends = np.r_[starts[1:], len(rows)]
+    threshold = np.full(len(rows), -np.inf, dtype=np.float64)
+    for start, end in zip(starts, ends, strict=True):
+        if end - start > k:
+            row = values[start:end]
+            threshold[start:end] = np.partition(row, end - start - k)[end - start - k]
+    return np.flatnonzero(values >= threshold)
+
+
 class SessionKnn(Recommender):
     name = "vsknn"
     Params = KnnParams
@@ -100,10 +115,12 @@ class SessionKnn(Recommender):
     def _top_neighbours(self, sim: sp.csr_matrix) -> sp.csr_matrix:
         """Keep the k most similar sessions of every row (ties: the more recent session first)."""
         rows = np.repeat(np.arange(sim.shape[0]), np.diff(sim.indptr))
-        order = np.lexsort((-sim.indices, -sim.data, rows))
-        rank = np.arange(len(order)) - sim.indptr[rows[order]]
+        near = at_least_kth(rows, sim.data, self.params.k)  # sorting only these is enough
+        rows, data, sessions = rows[near], sim.data[near], sim.indices[near]
+        order = np.lexsort((-sessions, -data, rows))
+        rank = np.arange(len(order)) - np.searchsorted(rows[order], rows[order], side="left")
         keep = order[rank < self.params.k]
-        return sp.csr_matrix((sim.data[keep], (rows[keep], sim.indices[keep])), shape=sim.shape)
+        return sp.csr_matrix((data[keep], (rows[keep], sessions[keep])), shape=sim.shape)
 
     def neighbourhood_scores(self, sessions: Sequence[np.ndarray]) -> sp.csr_matrix:
         """score(i) above as a sparse (B, n_items + 1) matrix: only items some neighbour holds appear."""

@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from model.data.sessions import Samples, Sessions, prefix_samples, split_last
 from model.models.base import Recommender
-from model.models.knn import KnnParams, SessionKnn
+from model.models.knn import KnnParams, SessionKnn, at_least_kth
 
 FEATURES = (
     "knn",
@@ -136,6 +136,8 @@ def _scaled_entries(m: sp.csr_matrix, width: int) -> tuple[np.ndarray, np.ndarra
 def _row_top(keys: np.ndarray, values: np.ndarray, width: int, k: int) -> np.ndarray:
     """The keys of the k largest values of each row (ties: the smaller item)."""
     rows = keys // width
+    near = at_least_kth(rows, values, k)
+    keys, values, rows = keys[near], values[near], rows[near]
     order = np.lexsort((keys, -values, rows))
     starts = np.searchsorted(rows[order], rows[order], side="left")
     return keys[order[np.arange(len(order)) - starts < k]]
@@ -275,13 +277,14 @@ class KnnReranker(Recommender):
         a float32 matrix product rounds differently with the batch's shape, which reorders near-equal
         candidates, so a session would get another list alone than in a batch; float64 rounded to float32
         gives the same bits in every batch."""
-        features = torch.from_numpy(c.features) * self.feature_mask
+        mask = torch.from_numpy(c.mask)
+        features = torch.from_numpy(c.features)[mask] * self.feature_mask  # real candidates only, no padding
         if exact:
             weights = {k: v.double() for k, v in self.net.state_dict().items()}
             scores = functional_call(self.net, weights, (features.double(),)).float()
         else:
             scores = self.net(features)
-        return scores.masked_fill(~torch.from_numpy(c.mask), -torch.inf)
+        return torch.full(mask.shape, -torch.inf).masked_scatter(mask, scores)
 
     # -- the Recommender interface ----------------------------------------------------------------------
     def score(self, sessions: Sequence[np.ndarray]) -> torch.Tensor:
@@ -315,11 +318,14 @@ class KnnReranker(Recommender):
         top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
         items = torch.from_numpy(c.items).gather(1, top.indices)
         values = top.values
-        if values.shape[1] == k and bool(values.isfinite().all()):
+        finite_count = values.isfinite().sum(dim=1)
+        if values.shape[1] == k and bool((finite_count == k).all()):
             return items, values
         out_items = torch.zeros((len(sessions), k), dtype=torch.long)
         out_values = torch.full((len(sessions), k), -torch.inf)
-        for row in range(len(sessions)):
+        n_full = min(k, values.shape[1])
+        out_items[:, :n_full], out_values[:, :n_full] = items[:, :n_full], values[:, :n_full]
+        for row in torch.nonzero(finite_count < k).flatten().tolist():  # short of candidates: few rows
             finite = values[row].isfinite()
             n = int(finite.sum())
             out_items[row, :n], out_values[row, :n] = items[row, finite], values[row, finite]

@@ -15,7 +15,7 @@ from model.errors import UserError
 from model.lifecycle.checkpoint import load_checkpoint, save_checkpoint
 from model.lifecycle.experiment import evaluate_model, fit_model, make_model
 from model.lifecycle.retrain import train_candidate
-from model.models.rerank import FEATURES, KnnReranker, sequential_rules
+from model.models.rerank import FEATURES, KnnReranker, _row_top, sequential_rules
 
 FAST = {"epochs": 4}
 
@@ -37,6 +37,20 @@ def test_sequential_rules_match_their_definition():
                 if i + d < len(s):
                     direct[a, s[i + d]] += 1.0 / d
     np.testing.assert_allclose(m, direct, rtol=1e-6)
+
+
+def test_row_top_is_each_rows_best_k_with_ties_to_the_smaller_item():
+    rng = np.random.default_rng(0)
+    width, k = 60, 7
+    keys = np.sort(
+        np.concatenate([r * width + rng.choice(np.arange(1, width), 25, replace=False) for r in range(8)])
+    )
+    values = rng.integers(0, 5, len(keys)).astype(np.float32)  # many ties
+    want = []
+    for r in range(8):
+        mine = [(-values[j], keys[j]) for j in range(len(keys)) if keys[j] // width == r]
+        want += [key for _, key in sorted(mine)[:k]]
+    assert sorted(_row_top(keys, values, width, k).tolist()) == sorted(want)
 
 
 def test_candidate_features_follow_the_session(fitted):
