@@ -387,8 +387,9 @@ class KnnReranker(Recommender):
 
     def _featurise(self, samples: Samples, progress: bool) -> list[tuple[Candidates, np.ndarray]]:
         chunks = []
+        total = -(-len(samples) // self.params.batch_size)
         for idx in tqdm(
-            samples.batches(self.params.batch_size), desc="rerank features", disable=not progress
+            samples.batches(self.params.batch_size), total=total, desc="rerank features", disable=not progress
         ):
             c = self.candidates(samples.prefixes(idx))
             chunks.append((c, (c.items == samples.labels[idx][:, None]) & c.mask))
