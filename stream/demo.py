@@ -2,8 +2,8 @@
 
 1. starts a broker of its own on a free port: the embedded Tansu (`--engine tansu`, the default: pip only) or
    Apache Kafka (`--engine kafka`: Java and scripts/install_kafka.sh), its log dirs in the working folder;
-2. trains a first model (rerank, the most accurate: session-kNN re-ranked) on a synthetic click history, publishes it as v000001 to a
-   fresh registry and writes that history into the trainer's session log;
+2. trains a first model (`rerank`, the default and most accurate) on a small synthetic click history,
+   publishes it as v000001 to a fresh registry and writes that history into the trainer's session log;
 3. starts `nextclick worker --registry` and `nextclick trainer` as child processes (the same commands an
    operator runs), the worker with a short session TTL so that sessions close and reach the trainer
    within the demo;
@@ -83,9 +83,9 @@ HISTORY_SESSIONS = 600
 
 
 def first_model(registry: Path, log_dir: Path) -> None:
-    """v000001: rerank (the model served by default) on a small synthetic history of the same item world the stream walks; the
-    history also goes into the trainer's session log, as if the stream had logged it the day before: its
-    clocks are moved back a day, so that the trainer's held-out sessions (the newest) are the replay's, which
+    """v000001: rerank (the model served by default) on a small synthetic history of the same item world the
+    stream walks; the history also goes into the trainer's session log, as if the stream had logged it the
+    day before: its clocks are moved back a day, so that the trainer's held-out sessions (the newest) are the replay's, which
     no model has seen (on the same clock they interleave, and a kNN model that indexed a held-out session
     wins the gate by memory)."""
     from model.data.synthetic import synthetic_data

@@ -33,6 +33,9 @@ depends on another in its batch (all features are per session).
 
 Ablations: `features` names the groups in use (knn, rules, repeat); a group left out gives no candidates
 and its features are zero.
+
+Device: the CPU, whatever `--device` says. The work is sparse index look-ups and a 13 -> 64 -> 64 -> 1 MLP
+over a few hundred candidates a session; a GPU would only add copies.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from torch.func import functional_call
 from tqdm import tqdm
 
 from model.data.sessions import Samples, Sessions, prefix_samples, split_last
+from model.data.vocab import ItemVocab
 from model.models.base import Recommender
 from model.models.knn import KnnParams, SessionKnn, at_least_kth
 
@@ -172,7 +176,7 @@ class KnnReranker(Recommender):
     name = "rerank"
     Params = RerankParams
 
-    def __init__(self, vocab, params=None, device="cpu") -> None:
+    def __init__(self, vocab: ItemVocab, params: RerankParams | None = None, device: str = "cpu") -> None:
         super().__init__(vocab, params, device)
         groups = {g.strip() for g in self.params.features.split(",") if g.strip()}
         if not groups or not groups <= set(GROUPS):
