@@ -308,9 +308,9 @@ class KnnReranker(Recommender):
     def recommend(
         self, sessions: Sequence[np.ndarray], k: int = 20, exclude_seen: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`score`'s top k without its (B, n_items + 1) matrix (the worker's path): the best candidates and,
-        in a row with fewer than k of them, the most popular other items, which `score` ranks right below
-        the candidates in that order, with the same scores."""
+        """`score`'s top k without its (B, n_items + 1) matrix (the worker's path): the best candidates (equal
+        scores by item index) and, in a row with fewer than k of them, the most popular other items, which
+        `score` ranks right below the candidates in that order, with the same scores."""
         c = self.candidates(sessions)
         scores = self._candidate_scores(c, exact=True)
         lowest = torch.where(scores.isfinite(), scores, torch.inf).min(dim=1).values
@@ -319,9 +319,11 @@ class KnnReranker(Recommender):
             seen = torch.from_numpy(c.features[..., FEATURES.index("in_session")] > 0)
             scores = scores.masked_fill(seen, -torch.inf)
         k = min(k, self.n_items)
-        top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-        items = torch.from_numpy(c.items).gather(1, top.indices)
-        values = top.values
+        # a stable sort, not topk: equal scores keep the candidates' order (by item), whatever the batch's
+        # shape, so a session gets the same list alone and in any batch (topk orders ties by its algorithm)
+        order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+        items = torch.from_numpy(c.items).gather(1, order)
+        values = scores.gather(1, order)
         finite_count = values.isfinite().sum(dim=1)
         if values.shape[1] == k and bool((finite_count == k).all()):
             return items, values

@@ -94,8 +94,24 @@ def test_a_session_gets_the_same_bits_alone_and_in_a_batch(fitted, tiny_data: Se
     """The worker answers a session inside whatever batch it arrived with; the list must not change."""
     sessions = tiny_data.test.prefixes(range(64))
     together = fitted.score(sessions)
+    items, values = fitted.recommend(sessions, k=20)
     for i in (0, 17, 63):
         assert torch.equal(fitted.score([sessions[i]])[0], together[i])
+        alone_items, alone_values = fitted.recommend([sessions[i]], k=20)
+        assert torch.equal(alone_items[0], items[i]) and torch.equal(alone_values[0], values[i])
+
+
+def test_equal_scores_are_ordered_by_item_in_every_batch(fitted, tiny_data: SessionData):
+    """Ties (candidates with the same features score the same) must not be ordered by the sort's whim."""
+    sessions = tiny_data.test.prefixes(range(64))
+    items, values = fitted.recommend(sessions, k=50)
+    tied = 0
+    for row_items, row_values in zip(items, values, strict=True):
+        for j in range(49):
+            if row_values[j] == row_values[j + 1] and torch.isfinite(row_values[j]):
+                assert row_items[j] < row_items[j + 1]
+                tied += 1
+    assert tied > 0  # the check above ran
 
 
 @pytest.mark.parametrize("exclude_seen", [False, True])
