@@ -46,9 +46,9 @@ class KnnParams:
     )
 
 
-def at_least_kth(rows: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the entries not below their row's k-th largest value (rows sorted ascending): every
-    entry of a row's top k, ties included, so that a full sort of these alone finds the top k of all."""
+def top_k_per_row(rows: np.ndarray, values: np.ndarray, tie: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k largest values of each row (rows sorted ascending; equal values: smaller `tie`
+    first). Only the entries at or above each row's k-th value are sorted, not the whole row."""
     if len(rows) == 0:
         return np.empty(0, dtype=np.int64)
     starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
@@ -58,7 +58,10 @@ def at_least_kth(rows: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
         if end - start > k:
             row = values[start:end]
             threshold[start:end] = np.partition(row, end - start - k)[end - start - k]
-    return np.flatnonzero(values >= threshold)
+    near = np.flatnonzero(values >= threshold)
+    order = near[np.lexsort((tie[near], -values[near], rows[near]))]
+    rank = np.arange(len(order)) - np.searchsorted(rows[order], rows[order], side="left")
+    return order[rank < k]
 
 
 class SessionKnn(Recommender):
@@ -115,12 +118,8 @@ class SessionKnn(Recommender):
     def _top_neighbours(self, sim: sp.csr_matrix) -> sp.csr_matrix:
         """Keep the k most similar sessions of every row (ties: the more recent session first)."""
         rows = np.repeat(np.arange(sim.shape[0]), np.diff(sim.indptr))
-        near = at_least_kth(rows, sim.data, self.params.k)  # sorting only these is enough
-        rows, data, sessions = rows[near], sim.data[near], sim.indices[near]
-        order = np.lexsort((-sessions, -data, rows))
-        rank = np.arange(len(order)) - np.searchsorted(rows[order], rows[order], side="left")
-        keep = order[rank < self.params.k]
-        return sp.csr_matrix((data[keep], (rows[keep], sessions[keep])), shape=sim.shape)
+        keep = top_k_per_row(rows, sim.data, -sim.indices, self.params.k)
+        return sp.csr_matrix((sim.data[keep], (rows[keep], sim.indices[keep])), shape=sim.shape)
 
     def neighbourhood_scores(self, sessions: Sequence[np.ndarray]) -> sp.csr_matrix:
         """score(i) above as a sparse (B, n_items + 1) matrix: only items some neighbour holds appear."""

@@ -54,8 +54,9 @@ from tqdm import tqdm
 
 from model.data.sessions import Samples, Sessions, prefix_samples, split_last
 from model.data.vocab import ItemVocab
+from model.metrics import RankAccumulator
 from model.models.base import Recommender
-from model.models.knn import KnnParams, SessionKnn, at_least_kth
+from model.models.knn import KnnParams, SessionKnn, top_k_per_row
 
 FEATURES = (
     "knn",
@@ -139,12 +140,7 @@ def _scaled_entries(m: sp.csr_matrix, width: int) -> tuple[np.ndarray, np.ndarra
 
 def _row_top(keys: np.ndarray, values: np.ndarray, width: int, k: int) -> np.ndarray:
     """The keys of the k largest values of each row (ties: the smaller item)."""
-    rows = keys // width
-    near = at_least_kth(rows, values, k)
-    keys, values, rows = keys[near], values[near], rows[near]
-    order = np.lexsort((keys, -values, rows))
-    starts = np.searchsorted(rows[order], rows[order], side="left")
-    return keys[order[np.arange(len(order)) - starts < k]]
+    return keys[top_k_per_row(keys // width, values, keys, k)]
 
 
 def _lookup(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -153,6 +149,12 @@ def _lookup(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndar
         return np.zeros(len(wanted), dtype=np.float32)
     at = np.minimum(np.searchsorted(keys, wanted), len(keys) - 1)
     return np.where(keys[at] == wanted, values[at], 0.0).astype(np.float32)
+
+
+def _lowest(scores: torch.Tensor) -> torch.Tensor:
+    """Each row's lowest candidate score (0 for a row without candidates): every other item ranks below."""
+    lowest = torch.where(scores.isfinite(), scores, torch.inf).min(dim=1).values
+    return torch.where(lowest.isfinite(), lowest, 0.0)
 
 
 class Scorer(nn.Module):
@@ -295,8 +297,7 @@ class KnnReranker(Recommender):
         c = self.candidates(sessions)
         with torch.no_grad():
             scores = self._candidate_scores(c, exact=True)
-        lowest = torch.where(scores.isfinite(), scores, torch.inf).min(dim=1).values
-        lowest = torch.where(lowest.isfinite(), lowest, 0.0)
+        lowest = _lowest(scores)
         # other items: below the row's lowest candidate, by popularity (log_popularity in [0, 1])
         out = (lowest - 2.0)[:, None] + torch.from_numpy(self.log_popularity)[None, :]
         rows = torch.arange(len(sessions))[:, None].expand_as(scores)
@@ -313,8 +314,7 @@ class KnnReranker(Recommender):
         `score` ranks right below the candidates in that order, with the same scores."""
         c = self.candidates(sessions)
         scores = self._candidate_scores(c, exact=True)
-        lowest = torch.where(scores.isfinite(), scores, torch.inf).min(dim=1).values
-        lowest = torch.where(lowest.isfinite(), lowest, 0.0)
+        lowest = _lowest(scores)
         if exclude_seen:
             seen = torch.from_numpy(c.features[..., FEATURES.index("in_session")] > 0)
             scores = scores.masked_fill(seen, -torch.inf)
@@ -416,17 +416,15 @@ class KnnReranker(Recommender):
     @torch.no_grad()
     def _dev_metrics(self, dev: list[tuple[Candidates, np.ndarray]]) -> tuple[float, float]:
         """Recall@20 and MRR@20 among the candidates (a label outside them is a miss; ties count against)."""
-        hits = rr = total = 0.0
+        acc = RankAccumulator((20,))
         for c, target in dev:
             scores = self._candidate_scores(c)
             t = torch.from_numpy(target)
             label = torch.where(t, scores, -torch.inf).max(dim=1).values
-            rank = (scores >= label[:, None]).sum(dim=1).double()
-            inside = t.any(dim=1) & (rank <= 20)
-            hits += float(inside.sum())
-            rr += float(torch.where(inside, 1.0 / rank, 0.0).sum())
-            total += len(target)
-        return hits / total, rr / total
+            rank = (scores >= label[:, None]).sum(dim=1)
+            acc.add(torch.where(t.any(dim=1), rank, scores.shape[1] + 21))  # no candidate: a miss
+        result = acc.result()
+        return float(result["recall@20"]), float(result["mrr@20"])
 
     # -- checkpoints --------------------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
