@@ -1,8 +1,17 @@
 """End-to-end serving latency: a broker + one `nextclick worker` + a load generator, on one machine.
 
     .venv/bin/python scripts/bench_serve.py --models srgnn gru4rec --rates 250 500 1000 2000 --seconds 20
-    .venv/bin/python scripts/bench_serve.py --bare ...   # first the floor: a bare Faust agent, same rates
+    .venv/bin/python scripts/bench_serve.py --bare ...   # first the floors, same rates, same run
     .venv/bin/python scripts/bench_serve.py --engines tansu kafka ...   # each measurement on both brokers
+
+`--bare` puts two floors in the same run, before the models: `scripts/echo_floor.py`, a raw aiokafka
+consumer -> producer echo (no state, no model, no Faust: the floor under any worker on this broker), and
+`scripts/bare_agent.py`, a bare Faust agent (one table write and one answer per click), one by one and
+batched. Every model's p50 / p99 is also given as a multiple of the echo's at the same rate and broker
+(`p50_x_floor`, `p99_x_floor`), and `--plot FILE` draws p50 and p99 against the rate for each.
+
+The load generator: a kafka-python producer (linger 5 ms, acks=1, one send per click at the rate's
+schedule) and, in a thread of the same process, a kafka-python consumer (fetch wait 20 ms).
 
 `--engines`: the embedded Tansu and/or Apache Kafka (`nextclick broker --engine kafka`'s, log dirs in a
 fresh temporary folder), a fresh broker for every measurement. Each result carries the CPU each process
@@ -10,7 +19,8 @@ used over the measured run, in cores (CPU seconds / wall seconds): worker, broke
 load generator and the timing consumer).
 
 For each model (untrained weights over Tmall's 40,727-item vocabulary: latency does not depend on what the
-weights learnt) a worker serves k = 20. The load generator replays Tmall sessions (newest training
+weights learnt; the kNN models, V-SKNN and rerank, index the training sessions, rerank's scorer trained for
+one epoch) a worker serves k = 20. The load generator replays Tmall sessions (newest training
 sessions, keyed by session id) at a fixed rate and a consumer thread timestamps every recommendation:
 e2e = time the recommendation was received - time its click was sent, both on this machine's clock.
 Prints one JSON line per (model, rate) and a summary line.
@@ -21,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -33,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.data.load import load_data
 from model.lifecycle.checkpoint import save_checkpoint
-from model.lifecycle.experiment import make_model
+from model.lifecycle.experiment import fit_model, make_model
 from model.models.fallback import recent_popularity
 from stream.kafka.broker import ENGINES, local_broker
 from stream.kafka.clients import consumer, producer
@@ -98,7 +109,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/tmall")
     ap.add_argument("--models", nargs="*", default=["srgnn", "gru4rec"])
-    ap.add_argument("--rates", type=float, nargs="+", default=[250, 500, 1000, 2000])
+    ap.add_argument("--rates", type=float, nargs="+", default=[100, 250, 500, 1000, 2000])
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--concurrent", type=int, default=1000, help="sessions open at once in the stream")
     ap.add_argument("--engines", nargs="+", choices=ENGINES, default=["tansu"], help="brokers")
@@ -108,10 +119,20 @@ def main() -> None:
     ap.add_argument(
         "--bare",
         action="store_true",
-        help="also measure scripts/bare_agent.py (one table update + one output per click, no model), "
-        "taking clicks one by one and in batches as the worker does",
+        help="also measure the floors first: scripts/echo_floor.py (raw aiokafka echo) and "
+        "scripts/bare_agent.py (one table update + one output per click, no model), taking clicks one by "
+        "one and in batches as the worker does",
+    )
+    ap.add_argument("--plot", type=Path, help="draw p50 / p99 against the rate into this PNG")
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        help="sample each measured worker with py-spy into this folder (collapsed stacks, one file per "
+        "agent, broker and rate; scripts/profile_summary.py reads them)",
     )
     args = ap.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
 
     data = load_data(args.data)
     sessions = data.train.select(np.arange(len(data.train) - 5000, len(data.train)))
@@ -119,19 +140,28 @@ def main() -> None:
     clicks = interleave([ids_of(sessions[s], ids) for s in range(len(sessions))], args.concurrent)
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     results = []
-    for name in ([BARE, BARE_BATCHED] if args.bare else []) + args.models:
+    for name in (list(FLOORS) if args.bare else []) + args.models:
         ck = None
-        if name not in (BARE, BARE_BATCHED):
-            model = make_model(name, data)  # untrained: the benchmark measures speed, not accuracy
-            model.fallback = recent_popularity(data.train, data.vocab)
+        if name not in FLOORS:
+            if name in INDEXED:  # a kNN model's cost depends on its index: index the training sessions
+                model = make_model(name, data, epochs=1 if name == "rerank" else None)
+                fit_model(model, data)
+            else:  # untrained weights: the benchmark measures speed, not accuracy
+                model = make_model(name, data)
+                model.fallback = recent_popularity(data.train, data.vocab)
             ck = save_checkpoint(model, work / name)
         for engine in args.engines:
             for rate in args.rates:
-                results.append(measure(ck, work, clicks, name, rate, args.seconds, engine))
+                results.append(
+                    measure(ck, work, clicks, name, rate, args.seconds, engine, profile=args.profile)
+                )
             ours = [r for r in results if r["model"] == name and r["broker"] == engine]
             best = max((r["rate"] for r in ours if passed(r)), default=None)
             if best is not None and args.hold > 0:
                 results.append(measure(ck, work, clicks, name, best, args.hold, engine, hold=True))
+    against_floor(results)
+    if args.plot:
+        plot(results, args.plot)
     held = {}
     for r in results:
         if r.get("hold") and passed(r):
@@ -143,7 +173,49 @@ def main() -> None:
     )
 
 
-BARE, BARE_BATCHED = "bare-faust-agent", "bare-faust-agent-batched"
+INDEXED = ("vsknn", "rerank")  # fitted (rerank for one epoch) before they are served
+ECHO, BARE, BARE_BATCHED = "aiokafka-echo", "bare-faust-agent", "bare-faust-agent-batched"
+FLOORS = {
+    ECHO: "echo_floor.py",
+    BARE: "bare_agent.py",
+    BARE_BATCHED: "bare_agent.py",
+}
+
+
+def against_floor(results: list[dict]) -> None:
+    """Each result's p50 / p99 as a multiple of the echo floor's at the same rate and broker (when the
+    floor was measured in this run), printed again as one JSON line each."""
+    floor = {(r["broker"], r["rate"]): r for r in results if r["model"] == ECHO and not r["hold"]}
+    for r in results:
+        f = floor.get((r["broker"], r["rate"]))
+        if f is None or r["model"] == ECHO or r["e2e_p50_ms"] is None or not f["e2e_p50_ms"]:
+            continue
+        r["p50_x_floor"] = round(r["e2e_p50_ms"] / f["e2e_p50_ms"], 2)
+        r["p99_x_floor"] = round(r["e2e_p99_ms"] / f["e2e_p99_ms"], 2)
+        print(json.dumps({k: r[k] for k in ("model", "broker", "rate", "p50_x_floor", "p99_x_floor")}))
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """p50 (solid) and p99 (dashed) against the rate, one colour per agent and broker, log scales."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    keys = dict.fromkeys((r["model"], r["broker"]) for r in results if not r["hold"])
+    for i, (model, broker) in enumerate(keys):
+        rows = sorted((r for r in results if (r["model"], r["broker"]) == (model, broker) and not r["hold"]
+                       and r["e2e_p50_ms"] is not None), key=lambda r: r["rate"])  # fmt: skip
+        rates = [r["rate"] for r in rows]
+        colour = f"C{i % 10}"
+        ax.plot(rates, [r["e2e_p50_ms"] for r in rows], "o-", color=colour, label=f"{model} ({broker}) p50")
+        ax.plot(rates, [r["e2e_p99_ms"] for r in rows], "x--", color=colour, label=f"{model} ({broker}) p99")
+    ax.set(xscale="log", yscale="log", xlabel="clicks / s", ylabel="click -> recommendation, ms")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def measure(
@@ -155,11 +227,15 @@ def measure(
     seconds: float,
     engine: str = "tansu",
     hold: bool = False,
+    profile: Path | None = None,
 ) -> dict:
     """One rate against a fresh broker and worker: an overloaded run never slows the next one, and no run
     pays for the data earlier ones left in the broker (Tansu keeps every record in memory, uncompacted)."""
-    is_bare = name in (BARE, BARE_BATCHED)
-    bare = [sys.executable, str(Path(__file__).with_name("bare_agent.py")), "worker"] if is_bare else None
+    is_bare = name in FLOORS
+    bare = None
+    if is_bare:
+        bare = [sys.executable, str(Path(__file__).with_name(FLOORS[name]))]
+        bare += ["worker"] if name != ECHO else []
     with (
         tempfile.TemporaryDirectory(prefix="bench-kafka-") as data,
         local_broker(engine, data_dir=data) as broker,
@@ -175,6 +251,11 @@ def measure(
             run_rate(broker.bootstrap, topics, clicks, 100, 3)  # warm-up
             before = worker_stats(worker)
             pids = {"worker": worker.proc.pid, "broker": broker.proc.pid, "load": os.getpid()}
+            spy = (
+                profiler(worker.proc.pid, profile / f"{name}-{engine}-{rate:g}.txt", seconds)
+                if profile
+                else None
+            )
             cpu0, t0 = {k: cpu_seconds(p) for k, p in pids.items()}, time.perf_counter()
             r = {"model": name, "broker": engine, "hold": hold,
                  **run_rate(broker.bootstrap, topics, clicks, rate, seconds)}  # fmt: skip
@@ -182,10 +263,20 @@ def measure(
             r.update({f"cpu_{k}_cores": round((cpu_seconds(p) - cpu0[k]) / wall, 2) for k, p in pids.items()})
             if not is_bare:  # the bare agent has no metrics
                 r.update(stats_delta(before, worker_stats(worker)))
+            if spy is not None:
+                spy.wait(timeout=30)
         finally:
             worker.stop()
     print(json.dumps(r), flush=True)
     return r
+
+
+def profiler(pid: int, out: Path, seconds: float) -> subprocess.Popen:
+    """py-spy sampling the worker (all threads, idle ones left out) for the measured run."""
+    spy = Path(sys.executable).with_name("py-spy")
+    argv = [str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250"]
+    argv += ["--format", "raw", "--threads", "--nonblocking", "--output", str(out)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -6,8 +6,9 @@ the history but are hidden from it; a session with no known item gets the checkp
 training data's recent popularity, `model.models.fallback`, with its click shares as scores and `source`
 "fallback"), never nothing. The model sees the whole known history, as offline evaluation does (sessions
 are closed at `max_session_length` clicks). The clicks agent hands over each consumed batch as one job
-(`recommend_many`), which runs at once; single requests (`recommend`) wait up to `max_wait_ms` for others
-to share their batch (at most `max_batch` requests). Batches run in one worker thread (the model is not
+(`recommend_many`), which goes to the model's thread at once (one executor call: no queue, no job); single
+requests (`recommend`) wait up to `max_wait_ms` for others to share their batch (at most `max_batch`
+requests). Batches run in one worker thread (the model is not
 re-entrant); the model can be swapped between batches, and requests keep the model that encoded them.
 
 Models with incremental inference (GRU4Rec's `step`) keep each session's hidden state in a bounded LRU cache
@@ -208,11 +209,17 @@ class InferenceService:
             else:
                 requests.append(Request(known, session_id, served))
                 slots.append(i)
-        if requests:
+        if requests and wait:
             self.start()
             job = Job(requests, asyncio.get_running_loop().create_future(), wait)
             await self.queue.put(job)
             for i, answer in zip(slots, await job.future, strict=True):
+                answers[i] = answer
+        elif requests:  # already a batch: one hop to the model's thread
+            loop = asyncio.get_running_loop()
+            for i, answer in zip(
+                slots, await loop.run_in_executor(self.pool, self._infer, served, requests), strict=True
+            ):
                 answers[i] = answer
         return answers  # type: ignore[return-value]
 
@@ -267,8 +274,8 @@ class InferenceService:
         self.metrics.batch_size.observe(len(requests))
         decode = served.model.vocab.decode
         return [
-            Answer(decode(row), [float(s) for s in sc], served.name, served.version, "model")
-            for row, sc in zip(items.tolist(), scores.tolist(), strict=True)
+            Answer(decode(row), sc, served.name, served.version, "model")
+            for row, sc in zip(items.tolist(), scores.float().tolist(), strict=True)
         ]
 
     def _infer_incremental(

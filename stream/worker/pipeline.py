@@ -3,11 +3,11 @@
 `create_app` builds it; `nextclick worker` runs it, and `faust -A stream.app worker` through the entry
 module `stream.app`; settings come from the environment (`stream.settings.WorkerSettings`).
 
-State. The `sessions` table maps a session id to what must survive a restart or rebalance: the session's
-clicks (item ids and timestamps, at most `max_session_length`), the last recommendation list (for online
-evaluation), the user id and the partition the session lives on. Writes go to the local store and to the
-changelog partition of the click that caused them, explicitly: the agent handles clicks in micro-batches,
-where Faust's "current event" would be only the batch's last one.
+State. The `sessions` table maps a session id to a `stream.worker.session.Session`, what must survive a
+restart or rebalance: the session's clicks (item ids and timestamps, at most `max_session_length`), the
+last recommendation list's items (for online evaluation), the user id and where its last click came from.
+Writes go to the local store and to the changelog partition of the click that caused them, explicitly: the
+agent handles clicks in micro-batches, where Faust's "current event" would be only the batch's last one.
 
 Expiry. Faust tables have no per-key TTL (faust-streaming #515), so a timer scans the local sessions every
 `expiry_interval` seconds and closes the ones idle for `session_ttl` seconds: of event time on a clock no
@@ -29,6 +29,12 @@ the worker forgets the sessions of partitions it no longer holds (Faust's memory
 it recovered itself, and the expiry timer would otherwise close another worker's sessions) and, on the
 embedded Tansu broker, reads what recovery can have missed (`Pipeline._catch_up`).
 
+The per-click path. A click costs one orjson parse (`stream.worker.clicks`), one working copy of its
+session per batch, one look-up of its history in the model's vocabulary, and one orjson-encoded answer
+handed straight to Faust's producer (`_send`: not through Faust's per-message topic machinery, which
+serialises, wraps and calls back per message); counters are bound to their labels once. The consumed batch
+reaches the model in one executor call (`InferenceService.recommend_many`).
+
 Topics. The worker creates the topics it reads and writes, with `partitions` and `replication_factor`,
 and the table's changelog compacted (Faust's default for a table: only each session's last state is
 kept); NEXTCLICK_CREATE_TOPICS=0 leaves that to an operator (README, "Topics on a locked-down cluster").
@@ -42,6 +48,7 @@ import logging
 import time
 from typing import Any
 
+import orjson
 from faust.types import TP, EventT, StreamT
 
 from stream.kafka.broker import is_tansu
@@ -53,6 +60,7 @@ from stream.worker.clicks import Click, InvalidClick, parse_click
 from stream.worker.expiry import EventClock, is_idle
 from stream.worker.hotswap import ModelWatcher, load_verified
 from stream.worker.inference import Answer, InferenceService, Served
+from stream.worker.session import Session, SessionTable
 from stream.worker.transport import App
 
 log = logging.getLogger("nextclick.worker")
@@ -80,15 +88,29 @@ class Pipeline:
             internal=True,
         )
         self.recommendations = app.topic(
-            s.topic_recommendations, key_serializer="raw", value_serializer="json", partitions=s.partitions
+            s.topic_recommendations, key_serializer="raw", value_serializer="raw", partitions=s.partitions
         )
         self.dlq = app.topic(
             s.topic_dlq, key_serializer="raw", value_serializer="raw", partitions=s.partitions
         )
         self.sessions_out = app.topic(
-            s.topic_sessions, key_serializer="raw", value_serializer="json", partitions=s.partitions
+            s.topic_sessions, key_serializer="raw", value_serializer="raw", partitions=s.partitions
         )
-        self.table = app.Table("sessions", default=None, partitions=s.partitions, key_type=str)
+        self.table = app.tables.add(
+            SessionTable(
+                app, name="sessions", partitions=s.partitions, key_type=str, beacon=app.tables.beacon
+            )
+        )
+        self.topic_names = {
+            topic: topic.get_topic_name()
+            for topic in (self.clicks, self.recommendations, self.dlq, self.sessions_out)
+        }
+        m = self.metrics  # the per-click counters, bound to their labels once
+        self.answered = m.events.labels(outcome="answered")
+        self.redelivered = m.events.labels(outcome="redelivered")
+        self.answered_from = {
+            source: m.recommendations.labels(source=source) for source in ("model", "fallback")
+        }
         app.agent(self.clicks, name="nextclick.clicks")(self.process)
         app.timer(s.expiry_interval, name="nextclick.expire")(self.expire)
         app.task(self.start)
@@ -146,14 +168,21 @@ class Pipeline:
         return self.service
 
     # -- table access with an explicit changelog partition ----------------------------------------------
-    def _put(self, key: str, value: dict[str, Any], partition: int) -> None:
+    def _put(self, key: str, value: Session, partition: int) -> None:
         self.table.data[key] = value
-        self.table.send_changelog(partition, key, value)
+        self.table.send_changelog(partition, key, value.to_json(), value_serializer="raw")
 
     def _delete(self, key: str, partition: int) -> None:
         if key in self.table.data:
             del self.table.data[key]
         self.table.send_changelog(partition, key, None, value_serializer="raw")
+
+    async def _send(
+        self, topic: Any, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
+        """One record to one of our topics, straight to Faust's producer (its buffer, its flush on
+        rebalance), the value already bytes."""
+        await self.app.producer.send(self.topic_names[topic], key, value, None, None, headers)
 
     # -- the agent ---------------------------------------------------------------------------------------
     async def process(self, stream: StreamT) -> None:
@@ -188,17 +217,14 @@ class Pipeline:
                 max_future_seconds=s.max_future_seconds,
             )
         except InvalidClick as bad:
-            await self.dlq.send(
-                key=key,
-                value=raw or b"",
-                headers=[("reason", bad.reason.encode()), ("detail", bad.detail[:200].encode())],
-            )
+            headers = [("reason", bad.reason.encode()), ("detail", bad.detail[:200].encode())]
+            await self._send(self.dlq, key, raw or b"", headers)
             self.metrics.dlq.labels(reason=bad.reason).inc()
             self.metrics.events.labels(outcome="invalid").inc()
             return None
         if key != click.session_id.encode():
             # keyed otherwise by the producer: repartition by session id so the session's table lives here
-            await self.clicks.send(key=click.session_id.encode(), value=raw)
+            await self._send(self.clicks, click.session_id.encode(), raw)
             self.metrics.events.labels(outcome="repartitioned").inc()
             return None
         return click
@@ -211,27 +237,23 @@ class Pipeline:
         except Exception as exc:
             log.exception("a batch of %d clicks failed", len(clicks))
             for event, _ in clicks:
-                await self.dlq.send(
-                    key=event.message.key,
-                    value=event.message.value or b"",
-                    headers=[("reason", b"internal_error"), ("detail", repr(exc)[:200].encode())],
-                )
+                headers = [("reason", b"internal_error"), ("detail", repr(exc)[:200].encode())]
+                await self._send(self.dlq, event.message.key, event.message.value or b"", headers)
             self.metrics.dlq.labels(reason="internal_error").inc(len(clicks))
             self.metrics.events.labels(outcome="failed").inc(len(clicks))
 
-    def _working_state(self, click: Click, partition: int) -> dict[str, Any]:
+    def _working_state(self, click: Click, partition: int) -> Session:
         """A copy of the session's stored state to update; the table changes only once the batch is answered."""
         stored = self.table.data.get(click.session_id)
         if stored is None:
-            return {"items": [], "times": [], "recs": [], "user": click.user_id, "p": partition, "o": -1,
-                    "mark": 0.0, "seen": 0.0}  # fmt: skip
-        return {**stored, "items": list(stored["items"]), "times": list(stored["times"])}
+            return Session(user=click.user_id, partition=partition)
+        return stored.copy()
 
     async def _answer(self, clicks: list[tuple[EventT, Click]]) -> None:
         """One model call for the whole consumed batch, in click order within each session: the i-th click
         of a session in the batch is asked about with the history up to and including it."""
         s = self.settings
-        states: dict[str, dict[str, Any]] = {}
+        states: dict[str, Session] = {}
         asks: list[tuple[list[str], str | None]] = []
         replayed: list[bool] = []
         for event, click in clicks:
@@ -239,60 +261,59 @@ class Pipeline:
             state = states.get(click.session_id)
             if state is None:
                 state = states[click.session_id] = self._working_state(click, msg.partition)
-            again = state.get("p") == msg.partition and msg.offset <= state.get("o", -1)
+            again = state.partition == msg.partition and msg.offset <= state.offset
             if not again:
                 wall = time.time()
                 stamp = click.timestamp if click.timestamp is not None else (msg.timestamp or wall)
-                state["items"].append(click.item_id)
-                state["times"].append(stamp)
-                state["p"], state["o"] = msg.partition, msg.offset
+                state.items.append(click.item_id)
+                state.times.append(stamp)
+                state.partition, state.offset = msg.partition, msg.offset
                 # idle time starts at the click's stamp, kept between the worker's event time and its wall
                 # clock (stream.worker.expiry): no producer's clock ages another visitor's session
-                state["mark"], state["seen"] = self.clock.observe(click.session_id, stamp, wall), wall
+                state.mark, state.seen = self.clock.observe(click.session_id, stamp, wall), wall
             # a redelivered click (at-least-once: a rebalance or crash before the offset commit) is in the
-            # history already: it is answered again from the history as it stands and appended nothing
-            asks.append((list(state["items"]), None if again else click.session_id))
+            # history already: it is answered again from the history as it stands and appended nothing;
+            # the i-th click of a session in the batch is asked about with its first i items
+            asks.append((state.items[:], None if again else click.session_id))
             replayed.append(again)
         service = await self._service()
         answers = await service.recommend_many(asks)
         for (event, click), answer, again in zip(clicks, answers, replayed, strict=True):
             state = states[click.session_id]
             if again:
-                self.metrics.events.labels(outcome="redelivered").inc()
+                self.redelivered.inc()
             else:
-                if state["recs"]:
-                    self._evaluate_online(state["recs"], click.item_id)
-                state["recs"] = answer.items
+                if state.recs:
+                    self._evaluate_online(state.recs, click.item_id)
+                state.recs = answer.items
             await self._publish(event, click, answer)
         absorbed = dict.fromkeys(
             c.session_id for (_, c), again in zip(clicks, replayed, strict=True) if not again
         )
         for session_id in absorbed:  # one changelog write per session for the whole batch, none if unchanged
             state = states[session_id]
-            self._put(session_id, state, state["p"])
-            if len(state["items"]) >= s.max_session_length:
+            self._put(session_id, state, state.partition)
+            if len(state.items) >= s.max_session_length:
                 await self._close(session_id, state, "too_long")
 
     async def _publish(self, event: EventT, click: Click, answer: Answer) -> None:
-        arrived = event.message.timestamp or time.time()
-        latency = time.time() - arrived
-        await self.recommendations.send(
-            key=click.session_id.encode(),
-            value={
-                "session_id": click.session_id,
-                "event_id": click.event_id or f"{event.message.partition}:{event.message.offset}",
-                "items": answer.items,
-                "scores": answer.scores,
-                "model": answer.model,
-                "model_version": answer.version,
-                "source": answer.source,  # "model", or "fallback": the recent popularity list
-                "latency_ms": round(latency * 1000.0, 3),
-                "created_at": time.time(),
-            },
-        )
+        now = time.time()
+        latency = now - (event.message.timestamp or now)
+        value = {
+            "session_id": click.session_id,
+            "event_id": click.event_id or f"{event.message.partition}:{event.message.offset}",
+            "items": answer.items,
+            "scores": answer.scores,
+            "model": answer.model,
+            "model_version": answer.version,
+            "source": answer.source,  # "model", or "fallback": the recent popularity list
+            "latency_ms": round(latency * 1000.0, 3),
+            "created_at": now,
+        }
+        await self._send(self.recommendations, click.session_id.encode(), orjson.dumps(value))
         self.metrics.e2e.observe(max(latency, 0.0))
-        self.metrics.events.labels(outcome="answered").inc()
-        self.metrics.recommendations.labels(source=answer.source).inc()
+        self.answered.inc()
+        self.answered_from[answer.source].inc()
 
     # -- rebalances ----------------------------------------------------------------------------------------
     async def _on_revoked(self, *args: Any, **kwargs: Any) -> None:
@@ -311,7 +332,7 @@ class Pipeline:
         held = {
             tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.clicks.get_topic_name()
         }
-        gone = [key for key, state in list(self.table.data.items()) if state and state["p"] not in held]
+        gone = [key for key, state in list(self.table.data.items()) if state and state.partition not in held]
         for key in gone:
             del self.table.data[key]
         if self.service is not None:
@@ -370,8 +391,9 @@ class Pipeline:
             if value is None:
                 self.table.data.pop(key, None)
             else:
-                restored += self.table.data.get(key) != value
-                self.table.data[key] = value
+                session = Session.from_stored(value)
+                restored += self.table.data.get(key) != session
+                self.table.data[key] = session
         self.metrics.catchup.labels(outcome="done").inc()
         self.metrics.catchup_records.inc(records)
         log.info("changelog catch-up of partitions %s from offsets %s: %d records read, %d sessions beyond "
@@ -399,19 +421,17 @@ class Pipeline:
             self.metrics.hits.inc()
 
     # -- session lifecycle -------------------------------------------------------------------------------
-    async def _close(self, session_id: str, state: dict[str, Any], reason: str) -> None:
-        await self.sessions_out.send(
-            key=session_id.encode(),
-            value={
-                "session_id": session_id,
-                "items": state["items"],
-                "timestamps": state["times"],
-                "user_id": state.get("user"),
-                "reason": reason,
-                "closed_at": time.time(),
-            },
-        )
-        self._delete(session_id, state["p"])
+    async def _close(self, session_id: str, state: Session, reason: str) -> None:
+        value = {
+            "session_id": session_id,
+            "items": state.items,
+            "timestamps": state.times,
+            "user_id": state.user,
+            "reason": reason,
+            "closed_at": time.time(),
+        }
+        await self._send(self.sessions_out, session_id.encode(), orjson.dumps(value))
+        self._delete(session_id, state.partition)
         if self.service is not None:
             self.service.forget([session_id])
         self.metrics.sessions_closed.labels(reason=reason).inc()
@@ -421,10 +441,7 @@ class Pipeline:
         idle = [
             (key, state)
             for key, state in list(self.table.data.items())
-            if state
-            and is_idle(
-                state.get("mark", state["times"][-1]), state.get("seen", wall), self.clock.now, wall, ttl
-            )
+            if state and is_idle(state.mark, state.seen, self.clock.now, wall, ttl)
         ]
         for key, state in idle:
             await self._close(key, state, "idle")
