@@ -52,9 +52,9 @@ class Session:
             user=value.get("user"),
             partition=int(value.get("p", -1)),
             offset=int(value.get("o", -1)),
-            mark=float(value.get("mark") or (value["times"][-1] if value["times"] else 0.0)),
-            # written before the worker kept it: the session's idle time on the wall clock starts now
-            seen=float(value.get("seen") or time.time()),
+            # written before the worker kept them: idle time starts at the last click, on the wall clock now
+            mark=float(value["mark"] if value.get("mark") is not None else value["times"][-1]),
+            seen=float(value["seen"] if value.get("seen") is not None else time.time()),
         )
 
 
