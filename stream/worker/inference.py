@@ -8,8 +8,8 @@ training data's recent popularity, `model.models.fallback`, with its click share
 are closed at `max_session_length` clicks). The clicks agent hands over each consumed batch as one job
 (`recommend_many`), which goes to the model's thread at once (one executor call: no queue, no job); single
 requests (`recommend`) wait up to `max_wait_ms` for others to share their batch (at most `max_batch`
-requests). Batches run in one worker thread (the model is not
-re-entrant); the model can be swapped between batches, and requests keep the model that encoded them.
+requests). Batches run in one worker thread (the model is not re-entrant); the model can be swapped
+between batches, and requests keep the model that encoded them.
 
 Models with incremental inference (GRU4Rec's `step`) keep each session's hidden state in a bounded LRU cache
 beside the table, keyed by session id and the number of known clicks it has absorbed: the next click costs
