@@ -175,10 +175,10 @@ def main() -> None:
 
 INDEXED = ("vsknn", "rerank")  # fitted (rerank for one epoch) before they are served
 ECHO, BARE, BARE_BATCHED = "aiokafka-echo", "bare-faust-agent", "bare-faust-agent-batched"
-FLOORS = {
-    ECHO: "echo_floor.py",
-    BARE: "bare_agent.py",
-    BARE_BATCHED: "bare_agent.py",
+FLOORS = {  # name -> the script and its arguments (run in place of `nextclick worker`)
+    ECHO: ["echo_floor.py"],
+    BARE: ["bare_agent.py", "worker"],
+    BARE_BATCHED: ["bare_agent.py", "worker"],
 }
 
 
@@ -234,8 +234,8 @@ def measure(
     is_bare = name in FLOORS
     bare = None
     if is_bare:
-        bare = [sys.executable, str(Path(__file__).with_name(FLOORS[name]))]
-        bare += ["worker"] if name != ECHO else []
+        script, *arguments = FLOORS[name]
+        bare = [sys.executable, str(Path(__file__).with_name(script)), *arguments]
     with (
         tempfile.TemporaryDirectory(prefix="bench-kafka-") as data,
         local_broker(engine, data_dir=data) as broker,
@@ -261,7 +261,7 @@ def measure(
                  **run_rate(broker.bootstrap, topics, clicks, rate, seconds)}  # fmt: skip
             wall = time.perf_counter() - t0
             r.update({f"cpu_{k}_cores": round((cpu_seconds(p) - cpu0[k]) / wall, 2) for k, p in pids.items()})
-            if not is_bare:  # the bare agent has no metrics
+            if not is_bare:  # the floors have no metrics
                 r.update(stats_delta(before, worker_stats(worker)))
             if spy is not None:
                 spy.wait(timeout=30)

@@ -15,7 +15,7 @@ FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^()]*)\)$")
 
 
 def frame_name(frame: str) -> str:
-    """`function (path/to/module.py:123)` -> `function (module.py)`: line numbers merged."""
+    """`function (path/to/pkg/module.py:123)` -> `function (pkg/module.py)`: line numbers merged."""
     match = FRAME.match(frame.strip())
     if match is None:
         return frame.strip()

@@ -6,9 +6,10 @@ worker puts on the message it forwards to the dead-letter topic.
 
 Per click this is on the worker's hot path, so it parses with orjson (C, about 3x the standard library's
 `json` on a click) and checks ids for control characters with one regular-expression search. orjson
-refuses what `json` accepts in two corners, integers beyond 64 bits and nesting deeper than 1,024: a message
-orjson refuses is parsed again by `json`, so what is valid and each refusal's reason stay the standard
-library's (the property tests in tests/stream/test_clicks_fuzz.py hold either way).
+differs from `json` in two corners: it refuses nesting deeper than 1,024, and it reads an integer beyond
+64 bits as a float (an id of 30 digits would become a float and be refused). A message orjson refuses, or
+one with a float where an id belongs, is parsed again by `json`, so what is valid and each refusal's reason
+stay the standard library's (tests/stream/test_clicks_fuzz.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import orjson
 
 _CONTROL = re.compile("[\x00-\x1f]")
+ID_FIELDS = ("session_id", "item_id", "user_id", "event_id")
 
 
 class InvalidClick(ValueError):
@@ -74,6 +76,8 @@ def parse_click(
     try:
         obj = orjson.loads(text)  # NaN and Infinity are refused, as below
     except orjson.JSONDecodeError:
+        obj = None
+    if obj is None or (isinstance(obj, dict) and any(isinstance(obj.get(f), float) for f in ID_FIELDS)):
         try:
             obj = json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
         except (ValueError, RecursionError) as exc:

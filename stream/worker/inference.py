@@ -5,10 +5,10 @@ Requests arrive from the clicks agent as item histories (external ids). Items th
 the history but are hidden from it; a session with no known item gets the checkpoint's fallback list (the
 training data's recent popularity, `model.models.fallback`, with its click shares as scores and `source`
 "fallback"), never nothing. The model sees the whole known history, as offline evaluation does (sessions
-are closed at `max_session_length` clicks). The clicks agent hands over each consumed batch as one job
+are closed at `max_session_length` clicks). The clicks agent hands over each consumed batch in one call
 (`recommend_many`), which goes to the model's thread at once (one executor call: no queue, no job); single
-requests (`recommend`) wait up to `max_wait_ms` for others to share their batch (at most `max_batch`
-requests). Batches run in one worker thread (the model is not re-entrant); the model can be swapped
+requests (`recommend`) queue and wait up to `max_wait_ms` for others to share their model call (at most
+`max_batch` requests). Batches run in one worker thread (the model is not re-entrant); the model can be swapped
 between batches, and requests keep the model that encoded them.
 
 Models with incremental inference (GRU4Rec's `step`) keep each session's hidden state in a bounded LRU cache
@@ -130,12 +130,10 @@ def load_served(path: str | Path, device: str = "auto", k: int = 20, bf16: bool 
 
 @dataclass
 class Job:
-    """Requests that answer together: one click (`wait`: it may wait for others to share its batch) or
-    the clicks agent's whole consumed batch (already a batch: it runs at once)."""
+    """A single request (`InferenceService.recommend`) waiting for others to share its model call."""
 
-    requests: list[Request]
-    future: asyncio.Future[list[Answer]]
-    wait: bool
+    request: Request
+    future: asyncio.Future[Answer]
 
 
 def _fail(jobs: list[Job], exc: Exception) -> None:
@@ -190,55 +188,50 @@ class InferenceService:
         self.metrics.model_swaps.inc()
 
     async def recommend(self, history: list[str], session_id: str | None = None) -> Answer:
-        return (await self.recommend_many([(history, session_id)], wait=True))[0]
+        """One request alone: it waits up to `max_wait_ms` for others to share its model call."""
+        ask = self._ask(self.served, history, session_id)
+        if isinstance(ask, Answer):
+            return ask
+        self.start()
+        job = Job(ask, asyncio.get_running_loop().create_future())
+        await self.queue.put(job)
+        return await job.future
 
-    async def recommend_many(
-        self, histories: list[tuple[list[str], str | None]], wait: bool = False
-    ) -> list[Answer]:
-        """One answer per (item history, session id); all of them from the model served when called."""
+    async def recommend_many(self, histories: list[tuple[list[str], str | None]]) -> list[Answer]:
+        """One answer per (item history, session id), all from the model served when called: the clicks
+        agent's consumed batch, already a batch, so one hop to the model's thread."""
         served = self.served
-        answers: list[Answer | None] = [None] * len(histories)
-        requests: list[Request] = []
-        slots: list[int] = []
-        for i, (history, session_id) in enumerate(histories):
-            known = served.model.vocab.lookup(history)
-            known = known[known >= 1]
-            if known.size == 0:
-                items, scores = served.fallback
-                answers[i] = Answer(items, scores, served.name, served.version, "fallback")
-            else:
-                requests.append(Request(known, session_id, served))
-                slots.append(i)
-        if requests and wait:
-            self.start()
-            job = Job(requests, asyncio.get_running_loop().create_future(), wait)
-            await self.queue.put(job)
-            for i, answer in zip(slots, await job.future, strict=True):
-                answers[i] = answer
-        elif requests:  # already a batch: one hop to the model's thread
-            loop = asyncio.get_running_loop()
-            for i, answer in zip(
-                slots, await loop.run_in_executor(self.pool, self._infer, served, requests), strict=True
-            ):
-                answers[i] = answer
-        return answers  # type: ignore[return-value]
+        asks = [self._ask(served, history, session_id) for history, session_id in histories]
+        requests = [a for a in asks if isinstance(a, Request)]
+        if requests:
+            answered = iter(
+                await asyncio.get_running_loop().run_in_executor(self.pool, self._infer, served, requests)
+            )
+            asks = [next(answered) if isinstance(a, Request) else a for a in asks]
+        return asks  # type: ignore[return-value]
+
+    @staticmethod
+    def _ask(served: Served, history: list[str], session_id: str | None) -> Request | Answer:
+        """The model's request for a history, or the fallback answer where no item of it is known."""
+        known = served.model.vocab.lookup(history)
+        known = known[known >= 1]
+        if known.size == 0:
+            items, scores = served.fallback
+            return Answer(items, scores, served.name, served.version, "fallback")
+        return Request(known, session_id, served)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             jobs = [await self.queue.get()]
-            size = len(jobs[0].requests)
-            if jobs[0].wait:
-                deadline = loop.time() + self.max_wait
-                while size < self.max_batch and (timeout := deadline - loop.time()) > 0:
-                    try:
-                        jobs.append(await asyncio.wait_for(self.queue.get(), timeout))
-                    except TimeoutError:
-                        break
-                    size += len(jobs[-1].requests)
-            while size < self.max_batch and not self.queue.empty():
+            deadline = loop.time() + self.max_wait
+            while len(jobs) < self.max_batch and (timeout := deadline - loop.time()) > 0:
+                try:
+                    jobs.append(await asyncio.wait_for(self.queue.get(), timeout))
+                except TimeoutError:
+                    break
+            while len(jobs) < self.max_batch and not self.queue.empty():
                 jobs.append(self.queue.get_nowait())
-                size += len(jobs[-1].requests)
             try:
                 await self._run_jobs(loop, jobs)
             except Exception as exc:  # never leave a request without an answer or an error
@@ -249,19 +242,17 @@ class InferenceService:
         # item indices belong to the model that encoded them: a swap between two jobs splits the batch
         groups: dict[int, list[Job]] = {}
         for job in jobs:
-            groups.setdefault(id(job.requests[0].served), []).append(job)
+            groups.setdefault(id(job.request.served), []).append(job)
         for group in groups.values():
-            requests = [r for job in group for r in job.requests]
+            requests = [job.request for job in group]
             try:
                 answers = await loop.run_in_executor(self.pool, self._infer, requests[0].served, requests)
             except Exception as exc:  # a failing batch fails its requests, never the service
                 _fail(group, exc)
                 continue
-            start = 0
-            for job in group:
+            for job, answer in zip(group, answers, strict=True):
                 if not job.future.done():
-                    job.future.set_result(answers[start : start + len(job.requests)])
-                start += len(job.requests)
+                    job.future.set_result(answer)
 
     def _infer(self, served: Served, requests: list[Request]) -> list[Answer]:
         t0 = time.perf_counter()

@@ -71,3 +71,13 @@ def _outcome_with(raw: bytes, **limits) -> str:
     except InvalidClick as bad:
         return bad.reason
     return "valid"
+
+
+@FUZZ
+@given(
+    st.integers(min_value=2**63, max_value=10**60) | st.integers(min_value=-(10**60), max_value=-(2**63) - 1)
+)
+def test_an_integer_id_beyond_64_bits_is_read_as_its_digits(big):
+    """orjson reads such an integer as a float; the parser must still give the standard library's answer."""
+    click = _outcome(json.dumps({"session_id": big, "item_id": big, "event_id": big}).encode())
+    assert isinstance(click, Click) and click.session_id == click.item_id == click.event_id == str(big)
