@@ -86,8 +86,8 @@ def first_model(registry: Path, log_dir: Path) -> None:
     """v000001: rerank (the model served by default) on a small synthetic history of the same item world the
     stream walks; the history also goes into the trainer's session log, as if the stream had logged it the
     day before: its clocks are moved back a day, so that the trainer's held-out sessions (the newest) are
-    the replay's, which no model has seen (on the same clock they interleave, and a kNN model that indexed a held-out session
-    wins the gate by memory)."""
+    the replay's, which no model has seen (on the same clock they interleave, and a kNN model that indexed
+    a held-out session wins the gate by memory)."""
     from model.data.synthetic import synthetic_data
     from model.lifecycle.experiment import fit_model, make_model, seed_everything
     from model.lifecycle.registry import Registry
