@@ -8,11 +8,18 @@ Neural models are timed with fresh weights (a call costs the same whatever the w
 index every training session; `rerank` is fitted with one scorer epoch (its call cost does not depend on
 how long the scorer trained). Reported: median, p90 and p99 of the wall time of a call, after 10 warm-up
 calls, on the CPU threads torch uses by default.
+
+Catalogue size (`--items 40727 200000 1000000`): the data set's vocabulary widened with items no session
+ever clicked, so every model scores, and picks its top 20 from, that many items while its sessions and
+index stay the data set's (a neural model's call grows with the catalogue through its scoring product and
+top-k; a kNN model's neighbour search does not, only its dense score rows and top-k). `--bf16` scores the
+neural models in bfloat16, as the worker does where the CPU has bf16 matrix units.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -24,8 +31,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from model.data.dataset import SessionData
 from model.data.load import load_data
 from model.lifecycle.experiment import fit_model, make_model
+from model.models.layers import Bf16Scoring
 
 NEURAL = {"srgnn", "gru4rec", "mtaw"}
 
@@ -36,36 +45,55 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["rerank", "vsknn", "srgnn", "gru4rec", "mtaw", "pop"])
     ap.add_argument("--sessions", type=int, default=64, help="sessions per call")
     ap.add_argument("--calls", type=int, default=200)
+    ap.add_argument("--items", type=int, nargs="+", default=[0], help="catalogue sizes (0: the data's own)")
+    ap.add_argument("--bf16", action="store_true", help="neural models score in bfloat16")
     args = ap.parse_args()
 
     data = load_data(args.data)
     prefixes = data.test.prefixes(range(min(len(data.test), args.sessions * (args.calls + 10))))
     batches = [prefixes[i : i + args.sessions] for i in range(0, len(prefixes), args.sessions)]
     batches = [b for b in batches if len(b) == args.sessions]
-    for name in args.models:
-        model = make_model(name, data, epochs=1 if name == "rerank" else None)
-        if name not in NEURAL:
-            fit_model(model, data)
-        for batch in batches[:10]:
-            model.recommend(batch, k=20)
-        times = []
-        for batch in batches[10 : 10 + args.calls]:
-            t0 = time.perf_counter()
-            model.recommend(batch, k=20)
-            times.append(time.perf_counter() - t0)
-        ms = np.array(times) * 1000
-        result = {
-            "model": name,
-            "items": data.vocab.n_items,
-            "sessions_per_call": args.sessions,
-            "calls": len(times),
-            "median_ms": round(float(np.median(ms)), 2),
-            "p90_ms": round(float(np.percentile(ms, 90)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2),
-            "threads": torch.get_num_threads(),
-            "machine": platform.processor() or platform.machine(),
-        }
-        print(json.dumps(result), flush=True)
+    for n_items in args.items:
+        for name in args.models:
+            result = time_calls(name, widened(data, n_items), batches, args.calls, args.bf16)
+            print(json.dumps(result), flush=True)
+
+
+def widened(data: SessionData, n_items: int) -> SessionData:
+    """The data set with its catalogue widened to `n_items` by items that no session holds."""
+    extra = n_items - data.vocab.n_items
+    if extra <= 0:
+        return data
+    return dataclasses.replace(data, vocab=data.vocab.extend(f"unclicked-{i}" for i in range(extra)))
+
+
+def time_calls(name: str, data: SessionData, batches: list, calls: int, bf16: bool) -> dict:
+    model = make_model(name, data, epochs=1 if name == "rerank" else None)
+    if name not in NEURAL:
+        fit_model(model, data)
+    net = getattr(model, "net", None)
+    if bf16 and isinstance(net, Bf16Scoring):
+        net.scoring_bf16 = True
+    for batch in batches[:10]:
+        model.recommend(batch, k=20)
+    times = []
+    for batch in batches[10 : 10 + calls]:
+        t0 = time.perf_counter()
+        model.recommend(batch, k=20)
+        times.append(time.perf_counter() - t0)
+    ms = np.array(times) * 1000
+    return {
+        "model": name,
+        "items": data.vocab.n_items,
+        "sessions_per_call": len(batches[0]),
+        "calls": len(times),
+        "median_ms": round(float(np.median(ms)), 2),
+        "p90_ms": round(float(np.percentile(ms, 90)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "bf16": bool(getattr(net, "scoring_bf16", False)),
+        "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+    }
 
 
 if __name__ == "__main__":

@@ -99,6 +99,8 @@ class SessionKnn(Recommender):
         self.idf = np.log(n_sessions / np.maximum(df, 1.0)).astype(np.float32)
         pop = np.bincount(self.session_items, minlength=self.n_items + 1).astype(np.float64)
         self.popularity = pop / max(pop.max(), 1.0)
+        # items by popularity, equal counts by index; never the padding column
+        self.popular_order = np.lexsort((np.arange(1, self.n_items + 1), -pop[1:])) + 1
 
     def _query(self, sessions: Sequence[np.ndarray]) -> sp.csr_matrix:
         """Weighted current-session vectors, w = position / length (or 1); a repeated item adds up its
@@ -134,6 +136,42 @@ class SessionKnn(Recommender):
         positive = np.where(np.isfinite(positive), positive, 1.0)
         scores += (TIE_BREAK * positive) * self.popularity[None, :]
         return torch.from_numpy(scores.astype(np.float32))
+
+    @torch.inference_mode()
+    def recommend(
+        self, sessions: Sequence[np.ndarray], k: int = 20, exclude_seen: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`score`'s top k without its dense (B, n_items + 1) rows (the worker's path): the row's
+        neighbourhood items by score plus their popularity term, then, where fewer than k, the most popular
+        other items, which `score` ranks right below them (the term is below the row's smallest positive
+        score) with the same values. Equal values: the smaller item index first. Building and sorting the
+        dense rows was 80 % of a call (Tmall, 64 sessions: 13.4 ms, the neighbourhood 2.7 ms) and grows
+        with the catalogue; this does not."""
+        if exclude_seen:
+            return super().recommend(sessions, k, exclude_seen)
+        k = min(k, self.n_items)
+        scores = self.neighbourhood_scores(sessions)
+        counts = np.diff(scores.indptr)
+        rows = np.repeat(np.arange(len(sessions)), counts)
+        positive = np.ones(len(sessions))  # as in `score`: the smallest positive score of the row, or 1
+        has = counts > 0
+        positive[has] = np.minimum.reduceat(scores.data, scores.indptr[:-1][has])
+        tie = TIE_BREAK * positive
+        values = scores.data.astype(np.float64) + tie[rows] * self.popularity[scores.indices]
+        keep = top_k_per_row(rows, values, scores.indices, k)
+        out_items = np.zeros((len(sessions), k), dtype=np.int64)
+        out_values = np.zeros((len(sessions), k), dtype=np.float64)
+        taken = np.minimum(counts, k)
+        column = np.arange(len(keep)) - np.repeat(np.cumsum(taken) - taken, taken)
+        out_items[rows[keep], column] = scores.indices[keep]
+        out_values[rows[keep], column] = values[keep]
+        for row in np.flatnonzero(taken < k):  # short of neighbourhood items: fill by popularity
+            n = int(taken[row])
+            held = set(scores.indices[scores.indptr[row] : scores.indptr[row + 1]].tolist())
+            fill = [i for i in self.popular_order[: k + len(held)].tolist() if i not in held][: k - n]
+            out_items[row, n:] = fill
+            out_values[row, n:] = tie[row] * self.popularity[fill]
+        return torch.from_numpy(out_items), torch.from_numpy(out_values.astype(np.float32))
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -76,3 +77,27 @@ def test_recommend_excludes_padding_and_seen_items(tiny_data):
     for row, s in zip(items.tolist(), sessions, strict=True):
         assert not set(row) & set(s.tolist())
     assert (scores[:, :-1] >= scores[:, 1:]).all()
+
+
+def test_recommend_is_the_top_of_score_without_its_dense_rows(tiny_data):
+    """The worker's path (neighbourhood items only, popularity fill) gives `score`'s top k: the same value
+    at every rank, the same items up to equal values, in any batch; a session with no neighbour (an item
+    no training session holds) gets the popularity list."""
+    data = dataclasses.replace(tiny_data, vocab=tiny_data.vocab.extend(["never-clicked"]))
+    model = make_model("vsknn", data)
+    fit_model(model, data)
+    sessions = [data.train[i] for i in range(40)] + [np.array([model.n_items])]
+    for k in (5, 20, 150):
+        items, values = model.recommend(sessions, k=k)
+        dense = model.score(sessions)[:, 1:]
+        top = dense.topk(k, dim=1)
+        assert items.shape == (len(sessions), k) and (items > 0).all()
+        assert np.allclose(values.numpy(), top.values.numpy(), rtol=1e-5)
+        for row, (got, want) in enumerate(zip(items.tolist(), (top.indices + 1).tolist(), strict=True)):
+            at = dict(zip(want, top.values[row].tolist(), strict=True))
+            # an item the dense top k holds is where its value puts it; a different item only on a tie
+            assert all(g == w or math.isclose(at.get(g, values[row, r].item()), at[w], rel_tol=1e-5)
+                       for r, (g, w) in enumerate(zip(got, want, strict=True)))  # fmt: skip
+        alone = model.recommend([sessions[3]], k=k)[0]
+        assert alone.tolist()[0] == items[3].tolist()
+    assert items[-1].tolist() == model.popular_order[:150].tolist()
