@@ -20,11 +20,17 @@ sessions closed after every click. Two rules keep each producer's clock to its o
 Replays of old data (the demo, `nextclick replay`) move event time as fast as they replay, so their
 sessions close in replay time. What this does not stop: many sessions from one producer with one skewed
 clock (a bot) can move the median; the input limits and the DLQ are the defence there.
+
+Finding the idle sessions costs what expires, not what is live (`IdleIndex`): the sessions in the order of
+their last click (`seen` grows with it) and a heap of their `mark`s, instead of a scan of the whole table
+every `expiry_interval`, which holds the event loop in proportion to the live sessions.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
+from collections.abc import Iterable
 
 
 class EventClock:
@@ -48,3 +54,60 @@ class EventClock:
 def is_idle(mark: float, seen: float, clock: float, wall: float, ttl: float) -> bool:
     """`mark`: event time when the session's last click arrived; `seen`: the worker's wall clock then."""
     return (clock > 0 and clock - mark > ttl) or wall - seen > ttl
+
+
+class IdleIndex:
+    """The sessions that can be idle now, found without looking at the others.
+
+    `seen` is the worker's wall clock at a session's last click, so the sessions in the order of their
+    last click are in the order of `seen`: the ones idle on the wall clock are a prefix of that order (a
+    consumed batch writes its sessions in the order of their first click in it, so within a batch the
+    order can be off by the batch's duration: such a session closes one `expiry_interval` later).
+    `mark`s do not follow click order (a click's stamp can be ahead of the event clock), so they sit in a
+    min-heap; a session's older entries stay there until they surface and are skipped (`marks` says which
+    entry is current), and the heap is rebuilt when stale entries outnumber live ones."""
+
+    def __init__(self) -> None:
+        self.by_click: OrderedDict[str, float] = OrderedDict()  # session -> seen, oldest last click first
+        self.marks: dict[str, float] = {}
+        self.heap: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self.by_click)
+
+    def touch(self, session_id: str, mark: float, seen: float) -> None:
+        """A session's clocks after its latest click (or as restored)."""
+        self.by_click[session_id] = seen
+        self.by_click.move_to_end(session_id)
+        if self.marks.get(session_id) != mark:
+            self.marks[session_id] = mark
+            heapq.heappush(self.heap, (mark, session_id))
+            if len(self.heap) > 2 * len(self.marks) + 1024:
+                self.heap = [(m, key) for key, m in self.marks.items()]
+                heapq.heapify(self.heap)
+
+    def forget(self, session_id: str) -> None:
+        self.by_click.pop(session_id, None)
+        self.marks.pop(session_id, None)
+
+    def rebuild(self, sessions: Iterable[tuple[str, float, float]]) -> None:
+        """From (session, mark, seen) of every session held (after a rebalance's recovery)."""
+        ordered = sorted(sessions, key=lambda entry: entry[2])
+        self.by_click = OrderedDict((key, seen) for key, _, seen in ordered)
+        self.marks = {key: mark for key, mark, _ in ordered}
+        self.heap = [(mark, key) for key, mark in self.marks.items()]
+        heapq.heapify(self.heap)
+
+    def due(self, clock: float, wall: float, ttl: float) -> list[str]:
+        """Every session `is_idle` would close now (and none it would not): the ones whose last click is
+        `ttl` old on the wall clock, then the ones whose mark is `ttl` behind the event clock."""
+        due = []
+        for key, seen in self.by_click.items():
+            if wall - seen <= ttl:
+                break
+            due.append(key)
+        while clock > 0 and self.heap and clock - self.heap[0][0] > ttl:
+            mark, key = heapq.heappop(self.heap)
+            if self.marks.get(key) == mark:
+                due.append(key)
+        return list(dict.fromkeys(due))

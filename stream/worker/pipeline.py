@@ -8,12 +8,16 @@ restart or rebalance: the session's clicks (item ids and timestamps, at most `ma
 last recommendation list's items (for online evaluation), the user id and where its last click came from.
 Writes go to the local store and to the changelog partition of the click that caused them, explicitly: the
 agent handles clicks in micro-batches, where Faust's "current event" would be only the batch's last one.
+The changelog holds a session's clicks in sealed chunks and its own record (`stream.worker.session`), so a
+write costs the same however long the session is; after a rebalance's recovery `assemble` makes whole
+sessions of them again, before the stream resumes.
 
-Expiry. Faust tables have no per-key TTL (faust-streaming #515), so a timer scans the local sessions every
-`expiry_interval` seconds and closes the ones idle for `session_ttl` seconds: of event time on a clock no
-one producer can move, or of the worker's own clock (`stream.worker.expiry`); over-long sessions close right
-after their last answer. A closed session is published to `sessions` for the trainer and deleted from the
-table (a tombstone in the changelog) and from the model's state cache.
+Expiry. Faust tables have no per-key TTL (faust-streaming #515), so a timer looks every `expiry_interval`
+seconds (through `stream.worker.expiry.IdleIndex`, not a scan of the table) and closes the sessions idle
+for `session_ttl` seconds: of event time on a clock no one producer can move, or of the worker's own clock
+(`stream.worker.expiry`); over-long sessions close right after their last answer. A closed session is
+published to `sessions` for the trainer and deleted from the table (tombstones in the changelog: the
+session's record, then its sealed chunks) and from the model's state cache.
 
 Redelivery. Processing is at-least-once: after a crash or a rebalance before the offset commit a click can
 arrive twice. Each session remembers the offset of the last click it absorbed; a click at or below it is
@@ -46,6 +50,7 @@ import asyncio
 import functools
 import gc
 import logging
+import sys
 import time
 from typing import Any
 
@@ -58,10 +63,10 @@ from stream.metrics import Metrics
 from stream.settings import WorkerSettings
 from stream.worker.changelog import read_changelog
 from stream.worker.clicks import Click, InvalidClick, parse_click
-from stream.worker.expiry import EventClock, is_idle
+from stream.worker.expiry import EventClock, IdleIndex, is_idle
 from stream.worker.hotswap import ModelWatcher, load_verified
 from stream.worker.inference import Answer, InferenceService, Served
-from stream.worker.session import Session, SessionTable
+from stream.worker.session import Session, SessionTable, assemble, from_stored
 from stream.worker.transport import App
 
 log = logging.getLogger("nextclick.worker")
@@ -78,6 +83,7 @@ class Pipeline:
         self.service: InferenceService | None = None
         self._loaded = asyncio.Event()  # set once the model is loaded; clicks wait for it, never get dropped
         self.clock = EventClock()  # event time for expiry (stream.worker.expiry)
+        self.idle = IdleIndex()  # which sessions can be idle, without scanning the table
         s = settings
         # internal=True: Faust creates the topic it subscribes to (with the partitions and replication
         # factor set here) when it is missing, before the consumer joins; the outputs are created in start()
@@ -172,13 +178,21 @@ class Pipeline:
 
     # -- table access with an explicit changelog partition ----------------------------------------------
     def _put(self, key: str, value: Session, partition: int) -> None:
+        """The session's full chunks not yet sealed, then its own record (`stream.worker.session`)."""
         self.table.data[key] = value
+        self.idle.touch(key, value.mark, value.seen)
+        for chunk, record in value.seal(key):
+            self.table.send_changelog(partition, chunk, record, value_serializer="raw")
         self.table.send_changelog(partition, key, value.to_json(), value_serializer="raw")
 
-    def _delete(self, key: str, partition: int) -> None:
+    def _delete(self, key: str, partition: int, chunks: list[str]) -> None:
+        """The session's record first, then its chunks: a crash in between leaves chunks without a
+        session (`assemble` drops them), never a session without its first clicks."""
         if key in self.table.data:
             del self.table.data[key]
-        self.table.send_changelog(partition, key, None, value_serializer="raw")
+        self.idle.forget(key)
+        for record in (key, *chunks):
+            self.table.send_changelog(partition, record, None, value_serializer="raw")
 
     async def _send(
         self, topic: Any, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
@@ -268,7 +282,7 @@ class Pipeline:
             if not again:
                 wall = time.time()
                 stamp = click.timestamp if click.timestamp is not None else (msg.timestamp or wall)
-                state.items.append(click.item_id)
+                state.items.append(sys.intern(click.item_id))  # one string per item (stream.worker.session)
                 state.times.append(stamp)
                 state.partition, state.offset = msg.partition, msg.offset
                 # idle time starts at the click's stamp, kept between the worker's event time and its wall
@@ -344,6 +358,13 @@ class Pipeline:
             log.info("rebalance: %d sessions now held by another worker forgotten", len(gone))
         if held:
             await self._catch_up(held)
+        orphans, broken = assemble(self.table.data)
+        for key, partition in orphans:  # a crash between a session's deletion and its chunks'
+            self.table.send_changelog(partition, key, None, value_serializer="raw")
+        if broken:
+            log.error("%d restored sessions miss some of their sealed clicks in the changelog (first: %r)",
+                      len(broken), broken[0])  # fmt: skip
+        self.idle.rebuild((key, state.mark, state.seen) for key, state in self.table.data.items() if state)
         self.metrics.active_sessions.set(len(self.table.data))
 
     async def _catch_up(self, partitions: set[int]) -> None:
@@ -394,9 +415,11 @@ class Pipeline:
             if value is None:
                 self.table.data.pop(key, None)
             else:
-                session = Session.from_stored(value)
-                restored += self.table.data.get(key) != session
-                self.table.data[key] = session
+                record = from_stored(value)
+                if isinstance(record, Session):
+                    record.resume(self.table.data.get(key))
+                restored += self.table.data.get(key) != record
+                self.table.data[key] = record
         self.metrics.catchup.labels(outcome="done").inc()
         self.metrics.catchup_records.inc(records)
         log.info("changelog catch-up of partitions %s from offsets %s: %d records read, %d sessions beyond "
@@ -434,20 +457,22 @@ class Pipeline:
             "closed_at": time.time(),
         }
         await self._send(self.sessions_out, session_id.encode(), orjson.dumps(value))
-        self._delete(session_id, state.partition)
+        self._delete(session_id, state.partition, state.chunk_keys(session_id))
         if self.service is not None:
             self.service.forget([session_id])
         self.metrics.sessions_closed.labels(reason=reason).inc()
 
     async def expire(self) -> None:
+        """Close the idle sessions `IdleIndex` names: the cost is what expires, not what is live."""
         wall, ttl = time.time(), self.settings.session_ttl
-        idle = [
-            (key, state)
-            for key, state in list(self.table.data.items())
-            if state and is_idle(state.mark, state.seen, self.clock.now, wall, ttl)
-        ]
-        for key, state in idle:
-            await self._close(key, state, "idle")
+        for key in self.idle.due(self.clock.now, wall, ttl):
+            state = self.table.data.get(key)
+            if state is None:
+                self.idle.forget(key)
+            elif is_idle(state.mark, state.seen, self.clock.now, wall, ttl):
+                await self._close(key, state, "idle")
+            else:  # cannot happen while the index follows the table; never lose a session's expiry
+                self.idle.touch(key, state.mark, state.seen)
         self.metrics.active_sessions.set(len(self.table.data))
         if self.service is not None:
             self.service.report_cache()

@@ -127,14 +127,27 @@ def collect(
 
 
 def stored_sessions(bootstrap: str, topics: Topics) -> dict:
-    """The session table as its changelog holds it, read to its real end (after the workers stopped)."""
+    """The session table as its changelog holds it, read to its real end (after the workers stopped), each
+    session whole (`assembled`)."""
     import asyncio
 
     from stream.settings import WorkerSettings
     from stream.worker.changelog import read_changelog
 
     partitions = list(range(WorkerSettings().partitions))
-    return asyncio.run(read_changelog(bootstrap, f"{topics.app_id}-sessions-changelog", partitions))[0]
+    latest = asyncio.run(read_changelog(bootstrap, f"{topics.app_id}-sessions-changelog", partitions))[0]
+    return assembled(latest)
+
+
+def assembled(latest: dict) -> dict:
+    """The changelog's last values (JSON objects, None for tombstones) as whole sessions, the way a restarted
+    worker puts them together (`stream.worker.session.assemble`): chunks in front of their session's own
+    clicks, no chunk records left."""
+    from stream.worker.session import assemble, from_stored
+
+    records = {key: from_stored(value) for key, value in latest.items() if value is not None}
+    assemble(records)
+    return {key: {**latest[key], "items": r.items, "times": r.times} for key, r in records.items()}
 
 
 def group_positions(bootstrap: str, group: str, topic: str) -> dict[int, tuple[int | None, int]] | str:

@@ -6,14 +6,54 @@ import json
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model.lifecycle.checkpoint import load_checkpoint
-from stream.worker.expiry import EventClock, is_idle
+from stream.worker.expiry import EventClock, IdleIndex, is_idle
 from stream.worker.process import WorkerProcess
 from tests.stream.harness import click, collect, send, stored_sessions
 
 NOW = 1_700_000_000.0
 TTL = 1800.0
+
+
+STEP = st.tuples(
+    st.sampled_from(["click", "click", "click", "forget", "expire", "rebuild"]),
+    st.integers(0, 30),  # session
+    st.floats(-3000, 3000),  # the click's mark, relative to the wall clock
+    st.floats(0, 900),  # wall clock advance
+    st.floats(-100, 3000),  # event clock advance
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(STEP, max_size=120))
+def test_the_idle_index_names_exactly_the_sessions_a_full_scan_would_close(steps):
+    """Against a scan of every session with `is_idle` (what the worker did before): the same sessions, at
+    every expiry, through clicks, deletions, rebuilds after a rebalance and both clocks moving."""
+    index, live = IdleIndex(), {}
+    wall, clock = NOW, 0.0
+    for op, n, mark, dwall, dclock in steps:
+        key = f"s{n}"
+        wall += dwall
+        clock = max(clock, clock + dclock) if clock else (NOW + dclock if dclock > 0 else 0.0)
+        if op == "click":
+            live[key] = (wall + mark, wall)
+            index.touch(key, wall + mark, wall)
+        elif op == "forget":
+            live.pop(key, None)
+            index.forget(key)
+        elif op == "rebuild":
+            index.rebuild((k, m, seen) for k, (m, seen) in live.items())
+        else:
+            scan = {k for k, (m, seen) in live.items() if is_idle(m, seen, clock, wall, TTL)}
+            due = index.due(clock, wall, TTL)
+            assert len(due) == len(set(due)) and set(due) == scan
+            for k in due:  # the worker closes them
+                live.pop(k)
+                index.forget(k)
+    assert len(index) == len(live)
 
 
 def test_one_session_far_ahead_or_a_flood_from_it_does_not_move_event_time():
