@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import threading
@@ -189,6 +190,8 @@ def measure(n: int, engine: str, ck: Path, sessions: list[list[str]], recs: list
 
             try:
                 result[f"{phase}_s"] = round(answer_of(broker.bootstrap, topics, start, *probe, 600), 2)
+                bulk = re.findall(r"in bulk: (\d+) records, \d+ keys in ([\d.]+) s", worker.log.read_text())
+                result[f"{phase}_bulk_restore_s"] = round(sum(float(t) for _, t in bulk), 2) if bulk else None
                 if phase == "ready":
                     result["restored"] = int(worker.metric("nextclick_active_sessions"))
                     result["rss_ready_mb"] = rss_mb(worker.proc.pid)

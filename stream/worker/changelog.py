@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import orjson
 
 from stream.kafka.clients import aiokafka_security
 
 
+class ChangelogRead(NamedTuple):
+    latest: dict[str, Any]  # every key's last value (None for a tombstone)
+    records: int  # read
+    last: dict[int, int]  # partition -> offset of the last record read (none read: absent)
+    reported_end: dict[int, int]  # partition -> the end offset the broker reported (Tansu: too low)
+
+
 async def read_changelog(
-    bootstrap: str, topic: str, partitions: list[int] | dict[int, int], idle_ms: int = 100
-) -> tuple[dict[str, Any], int]:
-    """The last value of every key in `partitions` of `topic` (None for a tombstone), and the number of
-    records read.
+    bootstrap: str,
+    topic: str,
+    partitions: list[int] | dict[int, int],
+    idle_ms: int = 100,
+    decode: Callable[[Any], Any] | None = None,
+) -> ChangelogRead:
+    """The last value of every key in `partitions` of `topic`, the number of records read and the last
+    offset read in each partition. `decode` turns each JSON value into what is kept, as it is read (a
+    million sessions kept as JSON objects until the end would double the reader's peak memory).
 
     Reads from the beginning (or, for a dict partition -> offset, from that offset, which must hold a
     record: the last one Faust's recovery applied) until every partition's position has passed the
@@ -33,6 +47,7 @@ async def read_changelog(
     )
     await consumer.start()
     latest: dict[str, Any] = {}
+    last: dict[int, int] = {}
     read = 0
     try:
         tps = [TopicPartition(topic, p) for p in partitions]
@@ -43,16 +58,20 @@ async def read_changelog(
         else:
             await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
+        reported = {tp.partition: end for tp, end in ends.items()}
         if isinstance(partitions, dict):  # the start record itself must come back
             ends = {tp: max(end, partitions[tp.partition] + 1) if partitions[tp.partition] > 0 else end
                     for tp, end in ends.items()}  # fmt: skip
         while True:
             batch = await consumer.getmany(*tps, timeout_ms=idle_ms)
-            for records in batch.values():
+            for tp, records in batch.items():
                 read += len(records)
                 for r in records:
-                    latest[json.loads(r.key)] = None if r.value is None else json.loads(r.value)
+                    value = None if r.value is None else orjson.loads(r.value)
+                    latest[orjson.loads(r.key)] = value if decode is None or value is None else decode(value)
+                if records:
+                    last[tp.partition] = records[-1].offset
             if not batch and all([await consumer.position(tp) >= ends[tp] for tp in tps]):
-                return latest, read
+                return ChangelogRead(latest, read, last, reported)
     finally:
         await consumer.stop()

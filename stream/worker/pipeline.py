@@ -366,6 +366,7 @@ class Pipeline:
                       len(broken), broken[0])  # fmt: skip
         self.idle.rebuild((key, state.mark, state.seen) for key, state in self.table.data.items() if state)
         self.metrics.active_sessions.set(len(self.table.data))
+        freeze_heap()  # the restored sessions too: a full collection walks every one of them
 
     async def _catch_up(self, partitions: set[int]) -> None:
         """Read what Faust's table recovery can have missed: the changelog from where recovery stopped.
@@ -396,7 +397,7 @@ class Pipeline:
         for attempt in range(1, CATCHUP_ATTEMPTS + 1):
             try:
                 await self.app.producer.flush()
-                latest, records = await asyncio.wait_for(
+                latest, records, _, _ = await asyncio.wait_for(
                     read_changelog(self.settings.bootstrap, topic, start), CATCHUP_TIMEOUT
                 )
                 break
@@ -487,7 +488,9 @@ def freeze_heap() -> None:
     loaded (`scripts/bench_serve.py`, one run each; p50 25 against 28 ms). Per-click garbage stays young
     and is collected as before. Called once the model is loaded and after every swap: the heap is thawed
     and collected in full first (one pause per swap), so a swapped-out model is freed even where it is
-    part of a reference cycle; one still held by a batch in flight at the swap waits for the next one."""
+    part of a reference cycle; one still held by a batch in flight at the swap waits for the next one.
+    Also after each rebalance, once the sessions are restored: a million of them are millions of objects
+    for every full collection to walk."""
     gc.unfreeze()
     gc.collect()
     gc.freeze()

@@ -35,6 +35,8 @@ import faust
 import orjson
 from faust.types import EventT
 
+from stream.worker.store import BulkRestoredStore
+
 CHUNK = 16  # clicks per sealed chunk: Tmall's sessions average 6.4 clicks, so most never seal one
 SEP = "\x1f"  # between a session id and its chunk's number: a valid click's ids have no control characters
 
@@ -97,9 +99,9 @@ class Session:
         """From the changelog's JSON object (as `to_json` wrote it); `pending` if it has sealed clicks."""
         sealed = int(value.get("sealed") or 0)
         return cls(
-            items=[sys.intern(item) for item in value["items"]],
-            times=[float(t) for t in value["times"]],
-            recs=[sys.intern(item) for item in value.get("recs") or []],
+            items=list(map(sys.intern, value["items"])),
+            times=list(map(float, value["times"])),
+            recs=list(map(sys.intern, value.get("recs") or ())),
             user=value.get("user"),
             partition=int(value.get("p", -1)),
             offset=int(value.get("o", -1)),
@@ -173,6 +175,15 @@ class SessionTable(faust.Table):
 
     def _to_value(self, v: Any) -> Any:
         return from_stored(v)
+
+    def _new_store(self) -> Any:
+        """In memory, restored in bulk at a rebalance (`stream.worker.store`)."""
+        url = self._store or self.app.conf.store
+        if str(url).startswith("memory:"):
+            return BulkRestoredStore(url, self.app, self, table_name=self.name, key_type=self.key_type,
+                                     key_serializer=self.key_serializer, value_serializer=self.value_serializer,
+                                     value_type=self.value_type, loop=self.loop, options=self.options)  # fmt: skip
+        return super()._new_store()
 
     def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
         events = list(batch)
