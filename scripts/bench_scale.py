@@ -26,13 +26,14 @@ import json
 import re
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_serve import AnswerTimes
 
 from model.data.load import load_data
 from model.lifecycle.checkpoint import save_checkpoint
@@ -117,20 +118,8 @@ def load_latency(
 ) -> dict:
     """`rate` clicks/s on restored sessions (or new ones when there are none) for `seconds`."""
     sent: dict[str, float] = {}
-    received: dict[str, float] = {}
-    stop = threading.Event()
-    cons = consumer(bootstrap, topics.recommendations, from_beginning=False)
-    cons.poll(timeout_ms=500)
-
-    def consume() -> None:
-        while not stop.is_set():
-            for records in cons.poll(timeout_ms=50).values():
-                now = time.perf_counter()
-                for r in records:
-                    received.setdefault(json.loads(r.value)["event_id"], now)
-
-    thread = threading.Thread(target=consume, daemon=True)
-    thread.start()
+    answers = AnswerTimes(bootstrap, topics.recommendations)
+    received = answers.received
     prod = producer(bootstrap)
     rng = np.random.default_rng(0)
     total = int(rate * seconds)
@@ -148,9 +137,7 @@ def load_latency(
     deadline = time.perf_counter() + 10
     while len(received) < total and time.perf_counter() < deadline:
         time.sleep(0.1)
-    stop.set()
-    thread.join()
-    cons.close()
+    answers.close()
     prod.close()
     lat = np.array([received[e] - sent[e] for e in sent if e in received]) * 1000.0
     return {

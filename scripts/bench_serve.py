@@ -52,25 +52,38 @@ from stream.settings import Topics
 from stream.worker.process import WorkerProcess
 
 
+class AnswerTimes:
+    """A consumer thread that stamps each answer's arrival (`time.perf_counter`) by its event id, joined
+    to the group before the load starts."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.received: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._consumer = consumer(bootstrap, topic, from_beginning=False)
+        self._consumer.poll(timeout_ms=500)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for records in self._consumer.poll(timeout_ms=50).values():
+                now = time.perf_counter()
+                for r in records:
+                    self.received.setdefault(json.loads(r.value)["event_id"], now)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._consumer.close()
+
+
 def run_rate(
     bootstrap: str, topics: Topics, clicks: list[tuple[str, str]], rate: float, seconds: float
 ) -> dict:
     n = int(rate * seconds)
     sent: dict[str, float] = {}
-    received: dict[str, float] = {}
-    stop = threading.Event()
-    cons = consumer(bootstrap, topics.recommendations, from_beginning=False)
-    cons.poll(timeout_ms=500)  # join before the load starts
-
-    def consume() -> None:
-        while not stop.is_set():
-            for records in cons.poll(timeout_ms=50).values():
-                now = time.perf_counter()
-                for r in records:
-                    received.setdefault(json.loads(r.value)["event_id"], now)
-
-    thread = threading.Thread(target=consume, daemon=True)
-    thread.start()
+    answers = AnswerTimes(bootstrap, topics.recommendations)
+    received = answers.received
     prod = producer(bootstrap)
     tag = f"{rate:g}-{time.time():.0f}"
     t0 = time.perf_counter()
@@ -91,9 +104,7 @@ def run_rate(
         if len(received) != last:
             last, still = len(received), time.perf_counter()
         time.sleep(0.1)
-    stop.set()
-    thread.join()
-    cons.close()
+    answers.close()
     lat = np.array([received[e] - sent[e] for e in sent if e in received]) * 1000.0
     return {
         "rate": rate,

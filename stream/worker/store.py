@@ -18,6 +18,7 @@ them after recovery, with the rest (`stream.worker.pipeline.Pipeline._on_rebalan
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -29,7 +30,12 @@ from stream.worker.changelog import read_changelog
 log = logging.getLogger("nextclick.worker")
 
 
+RESTORE_TIMEOUT = 300.0  # seconds for the bulk read (1M sessions: ~35 s here) before Faust's recovery does it
+
+
 class BulkRestoredStore(Store):
+    """Faust's memory store, restoring newly assigned changelog partitions itself (see the module)."""
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.restored_to: dict[TP, int] = {}  # changelog partition -> last offset read in bulk
@@ -55,9 +61,14 @@ class BulkRestoredStore(Store):
     async def restore(self, topic: str, partitions: list[int]) -> None:
         t0 = time.perf_counter()
         bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker)
-        latest, records, last, reported_end = await read_changelog(
-            bootstrap, topic, partitions, decode=self.table._to_value
-        )
+        try:
+            latest, records, last, reported_end = await asyncio.wait_for(
+                read_changelog(bootstrap, topic, partitions, decode=self.table._to_value), RESTORE_TIMEOUT
+            )
+        except Exception as exc:  # Faust's recovery reads them from the start instead: slower, as complete
+            log.error("bulk restore of partitions %s of %s failed (%r): Faust's recovery reads them",
+                      partitions, topic, exc)  # fmt: skip
+            return
         for key, value in latest.items():
             if value is None:
                 self.data.pop(key, None)
