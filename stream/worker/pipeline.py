@@ -398,7 +398,7 @@ class Pipeline:
             try:
                 await self.app.producer.flush()
                 latest, records, _, _ = await asyncio.wait_for(
-                    read_changelog(self.settings.bootstrap, topic, start), CATCHUP_TIMEOUT
+                    read_changelog(self.settings.bootstrap, topic, start, decode=from_stored), CATCHUP_TIMEOUT
                 )
                 break
             except Exception as exc:
@@ -411,16 +411,7 @@ class Pipeline:
         buffered = recovery.buffers.get(self.table)
         if buffered:  # older than what was just read (see above)
             buffered[:] = [event for event in buffered if event.message.partition not in partitions]
-        restored = 0
-        for key, value in latest.items():
-            if value is None:
-                self.table.data.pop(key, None)
-            else:
-                record = from_stored(value)
-                if isinstance(record, Session):
-                    record.resume(self.table.data.get(key))
-                restored += self.table.data.get(key) != record
-                self.table.data[key] = record
+        restored = sum(self.table.put_stored(key, record) for key, record in latest.items())
         self.metrics.catchup.labels(outcome="done").inc()
         self.metrics.catchup_records.inc(records)
         log.info("changelog catch-up of partitions %s from offsets %s: %d records read, %d sessions beyond "

@@ -78,7 +78,7 @@ class Session:
         """A pending record read again for a session the worker holds whole (the Tansu catch-up re-reads
         the worker's own writes): its sealed clicks are the held session's first ones, which never change
         once sealed."""
-        if self.pending and held is not None and not held.pending and len(held.items) >= self.sealed:
+        if self.pending and isinstance(held, Session) and not held.pending and len(held.items) >= self.sealed:
             self.items = held.items[: self.sealed] + self.items
             self.times = held.times[: self.sealed] + self.times
             self.pending = False
@@ -184,6 +184,19 @@ class SessionTable(faust.Table):
                                      key_serializer=self.key_serializer, value_serializer=self.value_serializer,
                                      value_type=self.value_type, loop=self.loop, options=self.options)  # fmt: skip
         return super()._new_store()
+
+    def put_stored(self, key: str, record: Session | SessionChunk | None) -> bool:
+        """One changelog record read outside Faust's recovery (the bulk restore, the Tansu catch-up), as
+        recovery applies it: last write wins, None deletes, and a record re-read for a session held whole
+        keeps its sealed clicks. Returns whether a value changed (a deletion is not counted)."""
+        current = self.data.get(key)
+        if record is None:
+            self.data.pop(key, None)
+            return False
+        if isinstance(record, Session):
+            record.resume(current)
+        self.data[key] = record
+        return current != record
 
     def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
         events = list(batch)

@@ -69,11 +69,8 @@ class BulkRestoredStore(Store):
             log.error("bulk restore of partitions %s of %s failed (%r): Faust's recovery reads them",
                       partitions, topic, exc)  # fmt: skip
             return
-        for key, value in latest.items():
-            if value is None:
-                self.data.pop(key, None)
-            else:
-                self.data[key] = value
+        for key, record in latest.items():
+            self.table.put_stored(key, record)
         for partition, offset in last.items():
             # never past the broker's reported end: Faust refuses to recover a partition whose persisted
             # offset is beyond it, and Tansu reports too low an end (its catch-up reads the rest again)
