@@ -129,6 +129,11 @@ class Metrics(Endpoint):
             "Changelog records the repair read (only what Faust's recovery can have missed)",
             registry=r,
         )
+        self.changelog_write_failures = Counter(
+            "nextclick_changelog_write_failures_total",
+            "Session-table changelog writes the broker never acknowledged (a restart may restore them older)",
+            registry=r,
+        )
         self.state_cache_bytes = Gauge(
             "nextclick_state_cache_bytes", "Hidden states cached for incremental models", registry=r
         )

@@ -129,11 +129,36 @@ class SessionChunk:
         return cls(int(value["chunk"]), items, times, int(value.get("p", -1)))
 
 
-def from_stored(value: dict[str, Any] | None) -> Session | SessionChunk | None:
+@dataclasses.dataclass(slots=True)
+class Absorbed:
+    """How far a clicks partition has been absorbed: every click at or below `offset` is in its session's
+    history, or was in a session since closed. Written to the changelog partition of the same number once
+    per consumed batch, after the batch's session records and tombstones, so a worker that reads it also
+    reads what it covers (one partition keeps its order). A redelivered click of a closed session (a
+    rebalance or crash before the offset commit) has no session left to remember its offset; without this
+    it came back as a new session and closed a second time with its clicks repeated (a CI run where the
+    broker froze for 10 s). In the table only until the pipeline takes it out after a rebalance."""
+
+    partition: int
+    offset: int
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({"absorbed": self.offset, "p": self.partition})
+
+
+def absorbed_key(partition: int) -> str:
+    return f"{SEP}absorbed{SEP}{partition}"  # no session id is empty or has a control character
+
+
+def from_stored(value: dict[str, Any] | None) -> Session | SessionChunk | Absorbed | None:
     """A changelog value (JSON object, or None for a tombstone) as a record."""
     if value is None:
         return None
-    return SessionChunk.from_stored(value) if "chunk" in value else Session.from_stored(value)
+    if "chunk" in value:
+        return SessionChunk.from_stored(value)
+    if "absorbed" in value:
+        return Absorbed(int(value["p"]), int(value["absorbed"]))
+    return Session.from_stored(value)
 
 
 def assemble(data: MutableMapping[str, Any]) -> tuple[list[tuple[str, int]], list[str]]:

@@ -10,6 +10,13 @@ broker), and tells Faust's recovery it holds the partition up to the last offset
 the hook Faust's RocksDB store uses for what it kept on disk). Faust's recovery then reads only what was
 written after that, as before.
 
+A partition the worker keeps through a rebalance is not read again: what it holds is newer than or equal
+to its changelog, and it tells Faust's recovery so with the offset of its own last write the broker
+acknowledged (`set_persisted_offset`, which the pipeline calls as acknowledgements come in; Faust's
+RocksDB store keeps the same offset on disk). Faust's recovery used to read such a partition again from
+where it had last stopped, putting the worker's own older writes over what it held: any write not yet
+landed when recovery read the end offset lost the clicks after it, and a Faust recovery waiting for
+changelog records that never came stalled a takeover for minutes (both in CI runs under load).
 A partition handed to another worker is forgotten (its offset is dropped with it), so getting it back
 later reads it again in full: another worker may have written it meanwhile. The records are applied as
 Faust would (last write wins, tombstones delete, `SessionTable._to_value`); whole sessions are made of
@@ -38,17 +45,25 @@ class BulkRestoredStore(Store):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.restored_to: dict[TP, int] = {}  # changelog partition -> last offset read in bulk
+        self.restored_to: dict[TP, int] = {}  # changelog partition -> last offset read in bulk or written
+        self.held: set[TP] = set()  # the changelog partitions assigned to this worker now
 
     def persisted_offset(self, tp: TP) -> int | None:
         return self.restored_to.get(tp)
 
+    def set_persisted_offset(self, tp: TP, offset: int) -> None:
+        """The broker acknowledged this worker's write at `offset`: the store holds the partition to it (not
+        one handed away meanwhile: getting it back must read it again)."""
+        if tp in self.held:
+            self.restored_to[tp] = max(offset, self.restored_to.get(tp, -1))
+
     async def on_rebalance(
         self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
     ) -> None:
+        changelog = self.table.changelog_topic.get_topic_name()
+        self.held = {tp for tp in assigned if tp.topic == changelog}
         for tp in revoked:
             self.restored_to.pop(tp, None)
-        changelog = self.table.changelog_topic.get_topic_name()
         standbys = self.app.assignor.assigned_standbys()
         fresh = sorted(
             tp.partition
@@ -62,7 +77,7 @@ class BulkRestoredStore(Store):
         t0 = time.perf_counter()
         bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker)
         try:
-            latest, records, last, reported_end = await asyncio.wait_for(
+            latest, records, last, _ = await asyncio.wait_for(
                 read_changelog(bootstrap, topic, partitions, decode=self.table._to_value), RESTORE_TIMEOUT
             )
         except Exception as exc:  # Faust's recovery reads them from the start instead: slower, as complete
@@ -72,8 +87,8 @@ class BulkRestoredStore(Store):
         for key, record in latest.items():
             self.table.put_stored(key, record)
         for partition, offset in last.items():
-            # never past the broker's reported end: Faust refuses to recover a partition whose persisted
-            # offset is beyond it, and Tansu reports too low an end (its catch-up reads the rest again)
-            self.restored_to[TP(topic, partition)] = min(offset, reported_end[partition] - 1)
+            # the real last offset, which can lie beyond Tansu's reported end: the app turns off Faust's
+            # check that refuses a persisted offset past it (`stream.worker.pipeline.base_app`)
+            self.restored_to[TP(topic, partition)] = offset
         log.info("restored partitions %s of %s in bulk: %d records, %d keys in %.1f s", partitions, topic,
                  records, len(latest), time.perf_counter() - t0)  # fmt: skip

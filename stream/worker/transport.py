@@ -44,6 +44,8 @@ from faust.transport.consumer import RecordMap
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP, Message
 
+from stream.kafka.broker import is_tansu
+
 log = logging.getLogger("nextclick.transport")
 
 
@@ -162,8 +164,23 @@ class _Consumer(driver.Consumer):
             await records.aclose()
 
 
+class _Producer(driver.Producer):
+    def _settings_extra(self) -> Mapping[str, Any]:
+        """Idempotent, as Kafka's own clients are by default since 3.0: a write retried across a broker
+        stall lands once and in order, so a session's changelog never ends on an older record than the
+        one the worker wrote last (Faust turns it on only for exactly-once). Not on the embedded Tansu,
+        which refuses aiokafka's InitProducerId (`stream.kafka.broker`); asked once, when the producer is
+        made at the worker's start."""
+        extra = dict(super()._settings_extra())
+        bootstrap = ",".join(self._settings_default()["bootstrap_servers"])
+        if not is_tansu(bootstrap):
+            extra.update(acks="all", enable_idempotence=True)
+        return extra
+
+
 class Transport(driver.Transport):
     Consumer = _Consumer
+    Producer = _Producer
 
 
 class App(faust.App):

@@ -143,9 +143,10 @@ def assembled(latest: dict) -> dict:
     """The changelog's last values (JSON objects, None for tombstones) as whole sessions, the way a restarted
     worker puts them together (`stream.worker.session.assemble`): chunks in front of their session's own
     clicks, no chunk records left."""
-    from stream.worker.session import assemble, from_stored
+    from stream.worker.session import Absorbed, assemble, from_stored
 
     records = {key: from_stored(value) for key, value in latest.items() if value is not None}
+    records = {key: record for key, record in records.items() if not isinstance(record, Absorbed)}
     assemble(records)
     return {key: {**latest[key], "items": r.items, "times": r.times} for key, r in records.items()}
 

@@ -215,6 +215,65 @@ def test_a_restart_loses_nothing_with_the_changelog_repair_off_on_either_broker(
     assert not wrong, f"{engine}: the restart lost history of {sorted(wrong)}"
 
 
+def _rewind_group(bootstrap: str, group: str, topic: str) -> None:
+    """Commit offset 0 on every partition of `topic` for `group` (no member running): the next worker reads
+    every click again, as after a crash or a rebalance before its commit, at its widest."""
+    from kafka import KafkaConsumer, TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        partitions = sorted(consumer.partitions_for_topic(topic) or [])
+        consumer.commit({TopicPartition(topic, p): OffsetAndMetadata(0, "", -1) for p in partitions})
+    finally:
+        consumer.close()
+
+
+def test_clicks_read_again_after_their_session_closed_are_answered_and_never_reopen_it(
+    bootstrap, topics, served_checkpoint, tmp_path
+):
+    """A closed session leaves nothing in the table to remember its clicks by; a worker that reads them
+    again (here all of them: the group's offsets rewound to 0 between two workers) answers each again and
+    appends none: no session comes back, none closes twice, the open ones keep their histories, and a new
+    click after them starts and extends sessions as usual."""
+    model, _ = load_checkpoint(served_checkpoint)
+    vocab = model.vocab.ids[1:]
+    closing = _clicks(10, 4, vocab, seed=5, prefix="c")  # closed at their 4th click
+    staying = _clicks(5, 2, vocab, seed=6, prefix="o")  # still open at the end
+    first = closing + staying
+    env = {"NEXTCLICK_MAX_SESSION_LENGTH": "4"}
+    worker = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path, **env)
+    try:
+        worker.wait_ready()
+        send(bootstrap, topics.clicks, [click(s, i, e) for s, i, e in first])
+        collect(bootstrap, topics.recommendations, len(first), events={e for *_, e in first})
+        closed = collect(bootstrap, topics.sessions, 10, settle=1.0)
+    finally:
+        worker.stop()
+    assert len(closed) == 10
+    _rewind_group(bootstrap, topics.app_id, topics.clicks)
+    later = [("c0", vocab[1], "c0-again"), ("o0", vocab[2], "o0-more")]
+    worker = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path, **env)
+    try:
+        worker.wait_ready()
+        events = {e for *_, e in first} | {e for *_, e in later}
+        recs = collect(bootstrap, topics.recommendations, 2 * len(first), events=events)
+        send(bootstrap, topics.clicks, [click(s, i, e) for s, i, e in later])
+        recs = _by_event(collect(bootstrap, topics.recommendations, 2 * len(first) + 2, events=events))
+        sessions = collect(bootstrap, topics.sessions, 10, settle=3.0)
+    finally:
+        worker.stop()
+    assert all(len(recs[e]) == 2 for *_, e in first), "every click answered again"
+    assert len(sessions) == 10, f"{len(sessions) - 10} sessions closed a second time"
+    from tests.stream.harness import stored_sessions
+
+    stored = {key: value["items"] for key, value in stored_sessions(bootstrap, topics).items()}
+    expected = {f"o{j}": [i for s, i, _ in staying if s == f"o{j}"] for j in range(5)}
+    expected["o0"] = expected["o0"] + [vocab[2]]
+    expected["c0"] = [vocab[1]]
+    assert stored == expected
+
+
 def test_two_workers_share_the_partitions_and_answer_every_click_once(
     bootstrap, topics, served_checkpoint, tmp_path
 ):

@@ -74,8 +74,8 @@ def test_the_worker_creates_its_topics_with_the_configured_partitions_and_a_comp
 
 def test_compaction_bounds_the_session_changelog_on_kafka(bootstrap, topics, served_checkpoint, tmp_path):
     """2,000 updates of 20 sessions: once the log cleaner has run, the changelog holds about one record per
-    key (20 sessions and their 6 sealed chunks of 16 clicks each: 140) and closed segment, not one per
-    update, and still every history whole.
+    key (20 sessions and their 6 sealed chunks of 16 clicks each: 140; the 4 partitions' absorbed marks)
+    and closed segment, not one per update, and still every history whole.
     The test only makes the cleaner run within seconds (segments rolled every 200 ms, any dirty ratio);
     what is compacted is the changelog exactly as the worker created it."""
     if is_tansu(bootstrap):
