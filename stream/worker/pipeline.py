@@ -20,15 +20,19 @@ published to `sessions` for the trainer and deleted from the table (tombstones i
 session's record, then its sealed chunks) and from the model's state cache.
 
 Redelivery. Processing is at-least-once: after a crash or a rebalance before the offset commit a click can
-arrive twice. Each session remembers the offset of the last click it absorbed; a click at or below it is
-answered again (from the history as it stands) but never appended twice, so histories stay exact.
+arrive twice. Each session remembers the offset of the last click it absorbed, and each partition how far
+its clicks are absorbed (`stream.worker.session.Absorbed`: a closed session remembers nothing); a click at
+or below either is answered again (from the history as it stands) but never appended twice, so histories
+stay exact and a closed session never reopens.
 
 Batching. The agent takes up to `batch_size` clicks at once and answers them with one model call: the
 i-th click of a session in the batch is asked about with the session's history up to and including it,
 online evaluation and the published answers follow click order, and each touched session is written to
 the changelog once per batch, not once per click.
 
-Rebalances. When Faust's recovery has finished and before the stream resumes (`on_rebalance_complete`),
+Rebalances. A partition the worker keeps is not read again (the store is held to the broker's
+acknowledgements of its writes, `stream.worker.store`); one it is newly given is read in bulk to its end.
+When Faust's recovery has finished and before the stream resumes (`on_rebalance_complete`),
 the worker forgets the sessions of partitions it no longer holds (Faust's memory store forgets only what
 it recovered itself, and the expiry timer would otherwise close another worker's sessions) and, on the
 embedded Tansu broker, reads what recovery can have missed (`Pipeline._catch_up`).
