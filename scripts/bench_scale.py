@@ -16,7 +16,8 @@ live, 10 s at 100 clicks/s on restored sessions: the latency (p50 / p99; the exp
 `expiry_interval` included) and the worker's resident memory (VmRSS) after it. Then the worker is stopped
 and started again on the same data folder (**restart**: what a store kept on disk saves). Prints one JSON
 line per N, after one line per session length with the changelog bytes a click costs, chunked as the
-worker writes them and as whole-session records (before).
+worker writes them and as whole-session records (before). `--profile DIR` samples each start with py-spy
+(collapsed stacks, `DIR/ready-N.txt`, `DIR/restart-N.txt`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -155,7 +158,16 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def measure(n: int, engine: str, ck: Path, sessions: list[list[str]], recs: list[str], env: dict) -> dict:
+def profiler(pid: int, out: Path) -> subprocess.Popen:
+    """py-spy sampling the worker (50 Hz, collapsed stacks) until it is sent SIGINT."""
+    spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--rate", "50", "--format", "raw",
+                             "--nonblocking", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def measure(
+    n: int, engine: str, ck: Path, sessions: list[list[str]], recs: list[str], env: dict, profile: Path | None
+) -> dict:
     with (
         tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp,
         local_broker(engine, data_dir=Path(tmp) / "broker") as broker,
@@ -168,15 +180,20 @@ def measure(n: int, engine: str, ck: Path, sessions: list[list[str]], recs: list
         data_dir = str(Path(tmp) / "worker-data")
         probe = (f"live-{n - 1}" if n else "new-probe", recs[0])
         for phase in ("ready", "restart"):
-            worker = None
+            worker = spy = None
 
-            def start() -> None:
-                nonlocal worker
+            def start(phase: str = phase) -> None:
+                nonlocal worker, spy
                 worker = WorkerProcess(broker.bootstrap, topics, ck, Path(tmp), NEXTCLICK_DATA_DIR=data_dir,
                                        NEXTCLICK_DEVICE="cpu", **env)  # fmt: skip
+                if profile is not None:
+                    spy = profiler(worker.proc.pid, profile / f"{phase}-{n}.txt")
 
             try:
                 result[f"{phase}_s"] = round(answer_of(broker.bootstrap, topics, start, *probe, 600), 2)
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)
+                    spy.wait(60)
                 bulk = re.findall(r"in bulk: (\d+) records, \d+ keys in ([\d.]+) s", worker.log.read_text())
                 result[f"{phase}_bulk_restore_s"] = round(sum(float(t) for _, t in bulk), 2) if bulk else None
                 if phase == "ready":
@@ -196,7 +213,10 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, nargs="+", default=[0, 10_000, 100_000, 1_000_000])
     ap.add_argument("--engine", choices=ENGINES, default="kafka")
     ap.add_argument("--env", nargs="*", default=[], help="NAME=VALUE settings for the worker")
+    ap.add_argument("--profile", type=Path, help="folder for py-spy's collapsed stacks of start to ready")
     args = ap.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     env = dict(pair.split("=", 1) for pair in args.env)
 
     data = load_data(args.data)
@@ -216,7 +236,7 @@ def main() -> None:
             )
         print(json.dumps(row))
     for n in args.sessions:
-        print(json.dumps(measure(n, args.engine, ck, sessions, recs, env)), flush=True)
+        print(json.dumps(measure(n, args.engine, ck, sessions, recs, env, args.profile)), flush=True)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,7 @@ def test_every_alert_has_a_signal_a_threshold_and_a_summary():
         "NextclickDlqRate",
         "NextclickNoRecommendations",
         "NextclickChangelogRepairFailed",
+        "NextclickChangelogWriteFailed",
     }
     for r in rules:
         signal_of(r["expr"])
