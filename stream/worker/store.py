@@ -26,6 +26,7 @@ them after recovery, with the rest (`stream.worker.pipeline.Pipeline._on_rebalan
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 
@@ -76,6 +77,10 @@ class BulkRestoredStore(Store):
     async def restore(self, topic: str, partitions: list[int]) -> None:
         t0 = time.perf_counter()
         bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker)
+        # no garbage collection while a million sessions are made: each collection walks all those made
+        # so far (the 1M restart spent half its decoding time there), and they are frozen out of its sight
+        # once made, or the next collections (the rebalance's passes over them) walk them all instead
+        gc.disable()
         try:
             latest, records, last, _ = await asyncio.wait_for(
                 read_changelog(bootstrap, topic, partitions, decode=self.table._to_value), RESTORE_TIMEOUT
@@ -84,6 +89,9 @@ class BulkRestoredStore(Store):
             log.error("bulk restore of partitions %s of %s failed (%r): Faust's recovery reads them",
                       partitions, topic, exc)  # fmt: skip
             return
+        finally:
+            gc.freeze()
+            gc.enable()
         for key, record in latest.items():
             self.table.put_stored(key, record)
         for partition, offset in last.items():
