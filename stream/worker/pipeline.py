@@ -389,10 +389,8 @@ class Pipeline:
         held = {
             tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.clicks.get_topic_name()
         }
-        store = self.table.data
-        data = getattr(
-            store, "data", store
-        )  # the memory store's dict: the store's own views cost a call a key
+        store = self.table.data  # its dict, where it has one: the store's own views cost a call a key
+        data = getattr(store, "data", store)
         gone = [key for key, state in data.items() if state is not None and state.partition not in held]
         for key in gone:
             del data[key]
@@ -402,11 +400,10 @@ class Pipeline:
             log.info("rebalance: %d sessions now held by another worker forgotten", len(gone))
         if held:
             await self._catch_up(held)
-        for partition in range(self.settings.partitions):  # how far each partition is absorbed: kept aside
+        self.absorbed = {p: offset for p, offset in self.absorbed.items() if p in held}
+        for partition in held:  # how far each partition is absorbed: kept aside (those gone went above)
             mark = data.pop(absorbed_key(partition), None)
-            if partition not in held:
-                self.absorbed.pop(partition, None)
-            elif isinstance(mark, Absorbed):
+            if isinstance(mark, Absorbed):
                 self.absorbed[partition] = max(mark.offset, self.absorbed.get(partition, -1))
         orphans, broken = assemble(data)
         for key, partition in orphans:  # a crash between a session's deletion and its chunks'
