@@ -113,11 +113,16 @@ class Pipeline:
                 app, name="sessions", partitions=s.partitions, key_type=str, beacon=app.tables.beacon
             )
         )
-        self.changelog = self.table.changelog_topic.get_topic_name()
         self.absorbed: dict[int, int] = {}  # clicks partition -> last offset absorbed (`Absorbed`)
         self.topic_names = {
             topic: topic.get_topic_name()
-            for topic in (self.clicks, self.recommendations, self.dlq, self.sessions_out)
+            for topic in (
+                self.clicks,
+                self.recommendations,
+                self.dlq,
+                self.sessions_out,
+                self.table.changelog_topic,
+            )
         }
         m = self.metrics  # the per-click counters, bound to their labels once
         self.answered = m.events.labels(outcome="answered")
@@ -207,7 +212,7 @@ class Pipeline:
         without a send even with records still in it: a rebalance could then read the changelog's end
         before this worker's last writes. The broker's acknowledgement tells the store how far it holds the
         partition (`BulkRestoredStore.set_persisted_offset`)."""
-        sent = await self.app.producer.send(self.changelog, orjson.dumps(key), value, partition, None, None)
+        sent = await self._send(self.table.changelog_topic, orjson.dumps(key), value, partition=partition)
         sent.add_done_callback(self._written)
 
     def _written(self, sent: asyncio.Future) -> None:
@@ -220,11 +225,16 @@ class Pipeline:
         self.table.data.set_persisted_offset(TP(meta.topic, meta.partition), meta.offset)
 
     async def _send(
-        self, topic: Any, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
-    ) -> None:
-        """One record to one of our topics, straight to Faust's producer (its buffer, its flush on
-        rebalance), the value already bytes."""
-        await self.app.producer.send(self.topic_names[topic], key, value, None, None, headers)
+        self,
+        topic: Any,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> asyncio.Future:
+        """One record to one of our topics (the table's changelog included), straight to Faust's producer
+        (its buffer, its flush on rebalance), the value already bytes; returns the broker's answer to come."""
+        return await self.app.producer.send(self.topic_names[topic], key, value, partition, None, headers)
 
     # -- the agent ---------------------------------------------------------------------------------------
     async def process(self, stream: StreamT) -> None:

@@ -65,11 +65,9 @@ class BulkRestoredStore(Store):
         self.held = {tp for tp in assigned if tp.topic == changelog}
         for tp in revoked:
             self.restored_to.pop(tp, None)
-        standbys = self.app.assignor.assigned_standbys()
+        # no standby replicas (`stream.worker.pipeline.base_app`): every changelog partition assigned is active
         fresh = sorted(
-            tp.partition
-            for tp in newly_assigned
-            if tp.topic == changelog and tp not in standbys and tp not in self.restored_to
+            tp.partition for tp in newly_assigned if tp.topic == changelog and tp not in self.restored_to
         )
         if fresh:
             await self.restore(changelog, fresh)
