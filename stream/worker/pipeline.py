@@ -395,7 +395,8 @@ class Pipeline:
 
     async def _on_rebalance_complete(self, *args: Any, **kwargs: Any) -> None:
         """After Faust's recovery, before the stream resumes (Faust awaits this signal): forget the
-        sessions of partitions that went to another worker, then repair what recovery missed (Tansu)."""
+        sessions of partitions that went to another worker, repair what recovery missed (Tansu), then make
+        whole sessions of what recovery read and index them for expiry (`_index_restored`)."""
         held = {
             tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.clicks.get_topic_name()
         }
@@ -410,20 +411,39 @@ class Pipeline:
             log.info("rebalance: %d sessions now held by another worker forgotten", len(gone))
         if held:
             await self._catch_up(held)
-        self.absorbed = {p: offset for p, offset in self.absorbed.items() if p in held}
-        for partition in held:  # how far each partition is absorbed: kept aside (those gone went above)
-            mark = data.pop(absorbed_key(partition), None)
-            if isinstance(mark, Absorbed):
-                self.absorbed[partition] = max(mark.offset, self.absorbed.get(partition, -1))
-        orphans, broken = assemble(data)
+        orphans = self._index_restored(data, held)
         for key, partition in orphans:  # a crash between a session's deletion and its chunks'
             await self._write(partition, key, None)
-        if broken:
-            log.error("%d restored sessions miss some of their sealed clicks in the changelog (first: %r)",
-                      len(broken), broken[0])  # fmt: skip
-        self.idle.rebuild((key, state.mark, state.seen) for key, state in data.items() if state is not None)
-        self.metrics.active_sessions.set(len(data))
-        freeze_heap(full=False)  # the restored sessions too: a full collection walks every one of them
+
+    def _index_restored(self, data: dict[str, Any], held: set[int]) -> list[tuple[str, int]]:
+        """Take the partitions' absorbed marks out of the table, assemble the sessions recovery read,
+        rebuild the idle index; returns the chunks without a session, to delete.
+
+        With a million restored sessions every pass counts: this runs with the garbage collector off (a
+        collection every few hundred new objects walked the young ones made so far: 3.7 s of the idle
+        index's rebuild at 1M), and then freezes what is alive, the restored sessions with it, without a
+        collection first (nothing here makes a reference cycle; one Faust made since the last freeze
+        waits for the next model swap's full collection)."""
+        gc.disable()
+        try:
+            self.absorbed = {p: offset for p, offset in self.absorbed.items() if p in held}
+            for partition in held:  # how far each partition is absorbed: kept aside (those gone went already)
+                mark = data.pop(absorbed_key(partition), None)
+                if isinstance(mark, Absorbed):
+                    self.absorbed[partition] = max(mark.offset, self.absorbed.get(partition, -1))
+            orphans, broken = assemble(data, self.table.unassembled)
+            self.table.unassembled.clear()
+            if broken:
+                log.error("%d restored sessions miss some of their sealed clicks in the changelog (first: "
+                          "%r)", len(broken), broken[0])  # fmt: skip
+            self.idle.rebuild(
+                (key, state.mark, state.seen) for key, state in data.items() if state is not None
+            )
+            self.metrics.active_sessions.set(len(data))
+            return orphans
+        finally:
+            gc.freeze()
+            gc.enable()
 
     async def _catch_up(self, partitions: set[int]) -> None:
         """Read what Faust's table recovery can have missed: the changelog from where recovery stopped.
@@ -527,7 +547,7 @@ class Pipeline:
             self.service.report_cache()
 
 
-def freeze_heap(full: bool = True) -> None:
+def freeze_heap() -> None:
     """Move everything alive now (Faust, aiokafka, torch, the model) out of the garbage collector's sight.
 
     A full collection walks every tracked object; in a worker that is about 100 ms with the event loop
@@ -537,12 +557,9 @@ def freeze_heap(full: bool = True) -> None:
     and is collected as before. Called once the model is loaded and after every swap: the heap is thawed
     and collected in full first (one pause per swap), so a swapped-out model is freed even where it is
     part of a reference cycle; one still held by a batch in flight at the swap waits for the next one.
-    Also after each rebalance, once the sessions are restored: a million of them are millions of objects
-    for every full collection to walk; there (`full=False`) only the young generations are collected
-    first, not the million sessions just made (5 s of the 1M restart), and nothing older is thawed."""
-    if full:
-        gc.unfreeze()
-    gc.collect(2 if full else 1)
+    Restored sessions are frozen as they are made (`stream.worker.store`, `Pipeline._index_restored`)."""
+    gc.unfreeze()
+    gc.collect(2)
     gc.freeze()
 
 

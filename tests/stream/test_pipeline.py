@@ -122,7 +122,7 @@ def _restart(
     whose recovered history lost clicks), and the time from the restart to the last answer."""
     model, _ = load_checkpoint(checkpoint)
     vocab = model.vocab.ids[1:]
-    burst = _clicks(30, 12, vocab, seed=1)
+    burst = _clicks(30, 20, vocab, seed=1)  # 20 clicks: each session's first 16 are a sealed chunk
     worker = WorkerProcess(bootstrap, topics, checkpoint, tmp_path, **env)
     try:
         worker.wait_ready()

@@ -5,7 +5,15 @@ from __future__ import annotations
 import json
 import time
 
-from stream.worker.session import CHUNK, Session, SessionChunk, SessionTable, assemble, from_stored
+from stream.worker.session import (
+    CHUNK,
+    Session,
+    SessionChunk,
+    SessionTable,
+    assemble,
+    from_stored,
+    unassembled,
+)
 
 
 def test_a_session_round_trips_through_its_changelog_json():
@@ -58,9 +66,13 @@ def write_clicks(session_id: str, n: int, changelog: dict, per_write: int = 1) -
 
 
 def restored(changelog: dict) -> dict:
+    """Assembled both ways: looking at every key, and at only those recovery saw a chunk or a pending
+    session under (what the worker does, `SessionTable.unassembled`), with the same result."""
     records = {key: from_stored(value) for key, value in changelog.items()}
-    orphans, broken = assemble(records)
-    assert orphans == [] and broken == []
+    named = {key: from_stored(value) for key, value in changelog.items()}
+    assert assemble(records) == ([], [])
+    assert assemble(named, [key for key, record in named.items() if unassembled(record)]) == ([], [])
+    assert named == records
     return records
 
 
@@ -89,8 +101,11 @@ def test_assembly_drops_chunks_without_a_session_and_keeps_what_there_is_of_a_da
     damaged, _ = write_clicks("damaged", 3 * CHUNK + 2, changelog)
     del changelog["damaged\x1f1"]  # a changelog that lost a record
     records = {key: from_stored(value) for key, value in changelog.items()}
+    named = {key: from_stored(value) for key, value in changelog.items()}
     orphans, broken = assemble(records)
     assert sorted(orphans) == [("gone\x1f0", 2), ("gone\x1f1", 2)] and broken == ["damaged"]
+    assert assemble(named, [key for key, record in named.items() if unassembled(record)]) == (orphans, broken)
+    assert named == records
     kept = damaged.items[:CHUNK] + damaged.items[2 * CHUNK :]
     assert list(records) == ["damaged"] and records["damaged"].items == kept
     assert records["damaged"].sealed == 0  # its next write seals it again from the first click
