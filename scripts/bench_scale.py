@@ -17,13 +17,15 @@ live, 10 s at 100 clicks/s on restored sessions: the latency (p50 / p99; the exp
 and started again on the same data folder (**restart**: what a store kept on disk saves). Prints one JSON
 line per N, after one line per session length with the changelog bytes a click costs, chunked as the
 worker writes them and as whole-session records (before). `--profile DIR` samples each start with py-spy
-(collapsed stacks, `DIR/ready-N.txt`, `DIR/restart-N.txt`).
+(collapsed stacks, `DIR/ready-N-COMMIT.txt`, `DIR/restart-N-COMMIT.txt`). `--trees A B` runs the worker from
+each of the checkouts A and B in turn (PYTHONPATH) on the same filled changelog: a before / after in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import signal
 import subprocess
@@ -46,7 +48,7 @@ from stream.kafka.broker import ENGINES, local_broker
 from stream.kafka.clients import consumer, producer
 from stream.settings import Topics, WorkerSettings
 from stream.worker.process import WorkerProcess
-from stream.worker.session import Session
+from stream.worker.session import Session, joined
 
 PARTITIONS = WorkerSettings.partitions
 
@@ -69,7 +71,7 @@ def fill_changelog(bootstrap: str, topics: Topics, n: int, sessions: list[list[s
         items = sessions[i % len(sessions)]
         times = [now - 30.0 * (len(items) - j) for j in range(len(items))]
         partition = (murmur2(sid.encode()) & 0x7FFFFFFF) % PARTITIONS
-        session = Session(list(items), times, recs, None, partition, i, times[-1], now)
+        session = Session(list(items), times, joined(recs), None, partition, i, times[-1], now)
         for key, value in [*session.seal(sid), (sid, session.to_json())]:
             total += len(value)
             prod.send(topic, key=json.dumps(key).encode(), value=value, partition=partition)
@@ -82,7 +84,7 @@ def changelog_bytes_per_click(length: int, items: list[str], chunked: bool) -> f
     """Mean changelog bytes written per click over a session's first `length` clicks, one click per
     write (the worst case: a batch holding several of a session's clicks writes it once), as the worker
     writes it (`chunked`) or as one whole-session record per write (before)."""
-    session, total = Session(partition=0, recs=items[:20]), 0
+    session, total = Session(partition=0, recs=joined(items[:20])), 0
     for i in range(length):
         session.items.append(items[i % len(items)])
         session.times.append(1_700_000_000.0 + 30.0 * i)
@@ -165,9 +167,26 @@ def profiler(pid: int, out: Path) -> subprocess.Popen:
                              "--nonblocking", "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
 
 
+def tree_label(tree: Path | None) -> str:
+    """The commit a worker code tree is at (its folder's name where git cannot say)."""
+    where = tree or Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        ["git", "-C", str(where), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
+    return done.stdout.strip() or where.name
+
+
 def measure(
-    n: int, engine: str, ck: Path, sessions: list[list[str]], recs: list[str], env: dict, profile: Path | None
-) -> dict:
+    n: int,
+    engine: str,
+    ck: Path,
+    sessions: list[list[str]],
+    recs: list[str],
+    env: dict,
+    profile: Path | None,
+    trees: list[Path | None],
+) -> list[dict]:
+    """One filled changelog, then each worker code tree in turn on it (ready, latency, restart)."""
     with (
         tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp,
         local_broker(engine, data_dir=Path(tmp) / "broker") as broker,
@@ -175,36 +194,50 @@ def measure(
         topics = Topics()
         t0 = time.perf_counter()
         value_bytes = fill_changelog(broker.bootstrap, topics, n, sessions, recs)
-        result = {"sessions": n, "broker": engine, **env, "fill_s": round(time.perf_counter() - t0, 1),
+        filled = {"sessions": n, "broker": engine, **env, "fill_s": round(time.perf_counter() - t0, 1),
                   "changelog_value_bytes_mean": round(value_bytes / n, 1) if n else None}  # fmt: skip
-        data_dir = str(Path(tmp) / "worker-data")
-        probe = (f"live-{n - 1}" if n else "new-probe", recs[0])
-        for phase in ("ready", "restart"):
-            worker = spy = None
+        results = []
+        for number, tree in enumerate(trees):
+            code = {"PYTHONPATH": str(tree)} if tree is not None else {}
+            result = {**filled, "tree": tree_label(tree)}
+            data_dir = str(Path(tmp) / f"worker-data-{number}")
+            probe = (f"live-{n - 1}" if n else "new-probe", recs[0])
+            for phase in ("ready", "restart"):
+                worker = spy = None
 
-            def start(phase: str = phase) -> None:
-                nonlocal worker, spy
-                worker = WorkerProcess(broker.bootstrap, topics, ck, Path(tmp), NEXTCLICK_DATA_DIR=data_dir,
-                                       NEXTCLICK_DEVICE="cpu", **env)  # fmt: skip
-                if profile is not None:
-                    spy = profiler(worker.proc.pid, profile / f"{phase}-{n}.txt")
+                def start(
+                    phase: str = phase,
+                    data_dir: str = data_dir,
+                    code: dict = code,
+                    label: str = result["tree"],
+                ) -> None:
+                    nonlocal worker, spy
+                    worker = WorkerProcess(broker.bootstrap, topics, ck, Path(tmp), NEXTCLICK_DATA_DIR=data_dir,
+                                           NEXTCLICK_DEVICE="cpu", **code, **env)  # fmt: skip
+                    if profile is not None:
+                        spy = profiler(worker.proc.pid, profile / f"{phase}-{n}-{label}.txt")
 
-            try:
-                result[f"{phase}_s"] = round(answer_of(broker.bootstrap, topics, start, *probe, 600), 2)
-                if spy is not None:
-                    spy.send_signal(signal.SIGINT)
-                    spy.wait(60)
-                bulk = re.findall(r"in bulk: (\d+) records, \d+ keys in ([\d.]+) s", worker.log.read_text())
-                result[f"{phase}_bulk_restore_s"] = round(sum(float(t) for _, t in bulk), 2) if bulk else None
-                if phase == "ready":
-                    result["restored"] = int(worker.metric("nextclick_active_sessions"))
-                    result["rss_ready_mb"] = rss_mb(worker.proc.pid)
-                    result |= load_latency(broker.bootstrap, topics, n, recs, 100, 10)
-                    result["rss_after_load_mb"] = rss_mb(worker.proc.pid)
-            finally:
-                if worker is not None:
-                    worker.stop()
-        return result
+                try:
+                    result[f"{phase}_s"] = round(answer_of(broker.bootstrap, topics, start, *probe, 600), 2)
+                    if spy is not None:
+                        spy.send_signal(signal.SIGINT)
+                        spy.wait(60)
+                    bulk = re.findall(
+                        r"in bulk: (\d+) records, \d+ keys in ([\d.]+) s", worker.log.read_text()
+                    )
+                    result[f"{phase}_bulk_restore_s"] = (
+                        round(sum(float(t) for _, t in bulk), 2) if bulk else None
+                    )
+                    if phase == "ready":
+                        result["restored"] = int(worker.metric("nextclick_active_sessions"))
+                        result["rss_ready_mb"] = rss_mb(worker.proc.pid)
+                        result |= load_latency(broker.bootstrap, topics, n, recs, 100, 10)
+                        result["rss_after_load_mb"] = rss_mb(worker.proc.pid)
+                finally:
+                    if worker is not None:
+                        worker.stop()
+            results.append(result)
+        return results
 
 
 def main() -> None:
@@ -214,9 +247,14 @@ def main() -> None:
     ap.add_argument("--engine", choices=ENGINES, default="kafka")
     ap.add_argument("--env", nargs="*", default=[], help="NAME=VALUE settings for the worker")
     ap.add_argument("--profile", type=Path, help="folder for py-spy's collapsed stacks of start to ready")
+    ap.add_argument("--trees", type=Path, nargs="+", default=[None],
+                    help="worker code trees (checkouts of this repository) measured in turn on one filled "
+                         "changelog, for a side-by-side comparison; default: this one")  # fmt: skip
     args = ap.parse_args()
     if args.profile:
+        args.profile = args.profile.resolve()
         args.profile.mkdir(parents=True, exist_ok=True)
+    trees = [tree.resolve() if tree is not None else None for tree in args.trees]
     env = dict(pair.split("=", 1) for pair in args.env)
 
     data = load_data(args.data)
@@ -226,6 +264,8 @@ def main() -> None:
     model = make_model("gru4rec", data)
     model.fallback = recent_popularity(data.train, data.vocab)
     work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    # the workers start from here: `python -m` puts its folder first on the path, before a tree's PYTHONPATH
+    os.chdir(work)
     ck = save_checkpoint(model, work / "gru4rec")
     recs = list(model.fallback.items[:20])
     for length in (1, 6, 16, 50, 200):
@@ -236,7 +276,8 @@ def main() -> None:
             )
         print(json.dumps(row))
     for n in args.sessions:
-        print(json.dumps(measure(n, args.engine, ck, sessions, recs, env, args.profile)), flush=True)
+        for result in measure(n, args.engine, ck, sessions, recs, env, args.profile, trees):
+            print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,16 @@ from stream.worker.clicks import Click, InvalidClick, parse_click
 from stream.worker.expiry import EventClock, IdleIndex, is_idle
 from stream.worker.hotswap import ModelWatcher, load_verified
 from stream.worker.inference import Answer, InferenceService, Served
-from stream.worker.session import Absorbed, Session, SessionTable, absorbed_key, assemble, from_stored
+from stream.worker.session import (
+    SEP,
+    Absorbed,
+    Session,
+    SessionTable,
+    absorbed_key,
+    assemble,
+    from_stored,
+    joined,
+)
 from stream.worker.transport import App
 
 log = logging.getLogger("nextclick.worker")
@@ -165,7 +174,9 @@ class Pipeline:
             raise SystemExit(
                 "nextclick worker: no model: set --checkpoint / NEXTCLICK_CHECKPOINT or a registry"
             )
-        freeze_heap()
+        # out of the collector's sight (`freeze_heap`), without thawing or collecting first: a bulk read of
+        # a million sessions may have run meanwhile, and a full collection would walk them all (3 s here)
+        gc.freeze()
         self.service = InferenceService(served, self.metrics, s.k, s.batch_size, s.batch_wait_ms)
         self.service.start()
         self._loaded.set()
@@ -339,8 +350,8 @@ class Pipeline:
                 self.redelivered.inc()
             else:
                 if state.recs:
-                    self._evaluate_online(state.recs, click.item_id)
-                state.recs = answer.items
+                    self._evaluate_online(state.recs.split(SEP), click.item_id)
+                state.recs = joined(answer.items)
             await self._publish(event, click, answer)
         absorbed = dict.fromkeys(
             c.session_id for (_, c), again in zip(clicks, replayed, strict=True) if not again
@@ -554,10 +565,12 @@ def freeze_heap() -> None:
     stopped, and the kNN models' calls allocate enough (scipy's sparse matrices) to trigger one every few
     seconds: V-SKNN's p99 at 250 clicks/s was 106 ms against 44 ms with the heap frozen after the model
     loaded (`scripts/bench_serve.py`, one run each; p50 25 against 28 ms). Per-click garbage stays young
-    and is collected as before. Called once the model is loaded and after every swap: the heap is thawed
-    and collected in full first (one pause per swap), so a swapped-out model is freed even where it is
+    and is collected as before. Called after every swap: the heap is thawed and collected in full first
+    (one pause per swap), so a swapped-out model is freed even where it is
     part of a reference cycle; one still held by a batch in flight at the swap waits for the next one.
-    Restored sessions are frozen as they are made (`stream.worker.store`, `Pipeline._index_restored`)."""
+    That full collection walks every live session too: with a million of them a swap holds the event loop
+    for seconds. Restored sessions are frozen as they are made (`stream.worker.store`,
+    `Pipeline._index_restored`); the first model load freezes without a collection (`Pipeline.start`)."""
     gc.unfreeze()
     gc.collect(2)
     gc.freeze()

@@ -115,11 +115,12 @@ def test_every_valid_click_is_answered_once_in_order_and_bad_ones_go_to_the_dlq(
 def _restart(
     bootstrap, topics, checkpoint, tmp_path, **env: str
 ) -> tuple[dict[str, list[dict]], float, float]:
-    """(sessions whose answers after a restart differ from the whole history's, seconds from the restart
-    to every answer, changelog records the restarted worker's repair read)."""
     """A burst of updates, a restart, then one more click per session (sent at once). Returns, per session,
     the answers to its last click that differ from the model's answer for its whole history (a session
-    whose recovered history lost clicks), and the time from the restart to the last answer."""
+    whose recovered history lost clicks), the seconds from the restart to every answer, and the changelog
+    records the restarted worker's repair read. Each session's last click is the item at its own rank in the
+    list answered before the restart, so the restarted worker's online evaluation must score exactly those
+    hits and ranks against the lists it restored."""
     model, _ = load_checkpoint(checkpoint)
     vocab = model.vocab.ids[1:]
     burst = _clicks(30, 20, vocab, seed=1)  # 20 clicks: each session's first 16 are a sealed chunk
@@ -136,7 +137,12 @@ def _restart(
     restarted = time.monotonic()
     again = WorkerProcess(bootstrap, topics, checkpoint, tmp_path, **env)
     try:
-        final = _clicks(30, 1, vocab, seed=2)
+        final, ranks = [], []
+        for n in range(30):
+            known = model.vocab.lookup([i for s, i, _ in burst if s == f"s{n}"])
+            listed, _ = model.recommend([known[known >= 1]], k=20)
+            ranks.append(n % 20 + 1)
+            final.append((f"s{n}", model.vocab.decode(listed[0].tolist())[n % 20], f"s{n}-0"))
         send(bootstrap, topics.clicks, [click(s, i, e + "-after") for s, i, e in final])  # sent at once
         wanted = {e + "-after" for _, _, e in final}
         recs = _by_event(collect(bootstrap, topics.recommendations, len(burst) + len(final), events=wanted))
@@ -145,6 +151,8 @@ def _restart(
         # that stopped from a reader that could not get past some offset
         seen = {m: again.metric(m) for m in ("nextclick_events_total", "nextclick_recommendations_total")}
         repair_read = again.metric("nextclick_changelog_catchup_records_total")
+        online = {m: again.metric(f"nextclick_online_{m}") for m in ("evaluated_total", "hits_total")}
+        online["reciprocal_rank_sum"] = again.metric("nextclick_online_reciprocal_rank_sum")
         missing = wanted - set(recs)
         positions = group_positions(bootstrap, topics.app_id, topics.clicks) if missing else {}
     finally:
@@ -160,6 +168,9 @@ def _restart(
     assert not missing, (
         f"{len(missing)} unanswered, {len(recs)} seen; worker {seen}; {positions}: " + again.log_tail(1500)
     )
+    # every last click scored against the list restored with its session, at the rank it was given
+    assert online == {"evaluated_total": 30, "hits_total": 30, "reciprocal_rank_sum": pytest.approx(
+        sum(1 / rank for rank in ranks))}, online  # fmt: skip
     history = defaultdict(list)
     for s, i, _ in burst + final:
         history[s].append(i)

@@ -7,21 +7,28 @@ import time
 
 from stream.worker.session import (
     CHUNK,
+    SEP,
     Session,
     SessionChunk,
     SessionTable,
     assemble,
     from_stored,
+    joined,
     unassembled,
 )
 
 
 def test_a_session_round_trips_through_its_changelog_json():
-    session = Session(["a", "b"], [1.5, 2.0], ["c", "d"], "u1", partition=3, offset=41, mark=2.0, seen=9.5)
+    session = Session(
+        ["a", "b"], [1.5, 2.0], joined(["c", "d"]), "u1", partition=3, offset=41, mark=2.0, seen=9.5
+    )
     stored = json.loads(session.to_json())  # what the changelog holds, as any JSON reader sees it
-    assert stored == {"items": ["a", "b"], "times": [1.5, 2.0], "recs": ["c", "d"], "user": "u1", "p": 3,
+    assert stored == {"items": ["a", "b"], "times": [1.5, 2.0], "recs": "c\x1fd", "user": "u1", "p": 3,
                       "o": 41, "mark": 2.0, "seen": 9.5, "sealed": 0}  # fmt: skip
     assert Session.from_stored(stored) == session
+    assert session.recs.split(SEP) == ["c", "d"]
+    # written when the recommendations were a list of ids: read as the same session
+    assert Session.from_stored({**stored, "recs": ["c", "d"]}) == session
 
 
 def test_a_working_copy_never_changes_the_stored_session():
@@ -29,7 +36,7 @@ def test_a_working_copy_never_changes_the_stored_session():
     work = stored.copy()
     work.items.append("b")
     work.times.append(2.0)
-    work.recs = ["x"]
+    work.recs = "x"
     assert stored == Session(["a"], [1.0])
 
 
@@ -55,7 +62,7 @@ def write_clicks(session_id: str, n: int, changelog: dict, per_write: int = 1) -
     for i in range(n):
         session.items.append(f"item-{i % 7}")
         session.times.append(1_700_000_000.0 + 30 * i)
-        session.recs = [f"rec-{j}" for j in range(20)]
+        session.recs = joined([f"rec-{j}" for j in range(20)])
         session.offset = i
         if (i + 1) % per_write and i + 1 < n:
             continue
