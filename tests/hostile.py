@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 
 NOW = 1.8e9  # the parser's clock in the property tests
 IDS = st.text(
-    st.characters(min_codepoint=33, max_codepoint=0x2FFF, exclude_categories=("Cs",)), min_size=1, max_size=24
+    st.characters(min_codepoint=33, max_codepoint=0x2FFF, exclude_categories=("Cs", "Cc")),
+    min_size=1,
+    max_size=24,
 )
 ID = IDS | st.integers(min_value=0, max_value=10**12)
 JUNK = st.recursive(
@@ -87,7 +89,7 @@ def hostile_message(
         base[field] = "x" * draw(st.integers(max_id_length + 1, max_id_length + 200))
         return _bytes(base), "bad_id"
     if kind == "control_id":
-        base[field] = draw(IDS) + chr(draw(st.integers(0, 31)))
+        base[field] = draw(IDS) + chr(draw(st.integers(0, 31) | st.integers(0x7F, 0x9F)))
         return _bytes(base), "bad_id"
     if kind == "negative_ts":
         base["timestamp"] = draw(st.floats(max_value=-1e-6, allow_infinity=False) | st.integers(max_value=-1))

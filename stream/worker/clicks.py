@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import orjson
 
-_CONTROL = re.compile("[\x00-\x1f]")
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode's Cc: C0, DEL, C1
 ID_FIELDS = ("session_id", "item_id", "user_id", "event_id")
 
 

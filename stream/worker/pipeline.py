@@ -72,7 +72,7 @@ from stream.worker.expiry import EventClock, IdleIndex, is_idle
 from stream.worker.hotswap import ModelWatcher, load_verified
 from stream.worker.inference import Answer, InferenceService, Served
 from stream.worker.session import (
-    SEP,
+    RECS_SEP,
     Absorbed,
     Session,
     SessionTable,
@@ -350,7 +350,7 @@ class Pipeline:
                 self.redelivered.inc()
             else:
                 if state.recs:
-                    self._evaluate_online(state.recs.split(SEP), click.item_id)
+                    self._evaluate_online(state.recs.split(RECS_SEP), click.item_id)
                 state.recs = joined(answer.items)
             await self._publish(event, click, answer)
         absorbed = dict.fromkeys(

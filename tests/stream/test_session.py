@@ -7,7 +7,7 @@ import time
 
 from stream.worker.session import (
     CHUNK,
-    SEP,
+    RECS_SEP,
     Session,
     SessionChunk,
     SessionTable,
@@ -23,10 +23,10 @@ def test_a_session_round_trips_through_its_changelog_json():
         ["a", "b"], [1.5, 2.0], joined(["c", "d"]), "u1", partition=3, offset=41, mark=2.0, seen=9.5
     )
     stored = json.loads(session.to_json())  # what the changelog holds, as any JSON reader sees it
-    assert stored == {"items": ["a", "b"], "times": [1.5, 2.0], "recs": "c\x1fd", "user": "u1", "p": 3,
+    assert stored == {"items": ["a", "b"], "times": [1.5, 2.0], "recs": "c\x7fd", "user": "u1", "p": 3,
                       "o": 41, "mark": 2.0, "seen": 9.5, "sealed": 0}  # fmt: skip
     assert Session.from_stored(stored) == session
-    assert session.recs.split(SEP) == ["c", "d"]
+    assert session.recs.split(RECS_SEP) == ["c", "d"]
     # written when the recommendations were a list of ids: read as the same session
     assert Session.from_stored({**stored, "recs": ["c", "d"]}) == session
 
