@@ -223,7 +223,7 @@ def measure(
                         spy.send_signal(signal.SIGINT)
                         spy.wait(60)
                     bulk = re.findall(
-                        r"in bulk: (\d+) records, \d+ keys in ([\d.]+) s", worker.log.read_text()
+                        r"in bulk: (\d+) records(?:, \d+ keys)? in ([\d.]+) s", worker.log.read_text()
                     )
                     result[f"{phase}_bulk_restore_s"] = (
                         round(sum(float(t) for _, t in bulk), 2) if bulk else None

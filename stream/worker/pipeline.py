@@ -531,7 +531,7 @@ class Pipeline:
         value = {
             "session_id": session_id,
             "items": state.items,
-            "timestamps": state.times,
+            "timestamps": state.times.tolist(),
             "user_id": state.user,
             "reason": reason,
             "closed_at": time.time(),

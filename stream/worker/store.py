@@ -80,21 +80,23 @@ class BulkRestoredStore(Store):
         # once made, or the next collections (the rebalance's passes over them) walk them all instead
         gc.disable()
         try:
-            latest, records, last, _ = await asyncio.wait_for(
-                read_changelog(bootstrap, topic, partitions, decode=self.table._to_value), RESTORE_TIMEOUT
+            # each record into the table as it is read, in order (last write wins, tombstones delete)
+            read = read_changelog(
+                bootstrap, topic, partitions, decode=self.table._to_value, apply=self.table.put_stored
             )
-        except Exception as exc:  # Faust's recovery reads them from the start instead: slower, as complete
+            _, records, last, _ = await asyncio.wait_for(read, RESTORE_TIMEOUT)
+        except Exception as exc:
+            # Faust's recovery reads them from the start instead, over what the read applied (last write
+            # wins: the same end state): slower, as complete
             log.error("bulk restore of partitions %s of %s failed (%r): Faust's recovery reads them",
                       partitions, topic, exc)  # fmt: skip
             return
         finally:
             gc.freeze()
             gc.enable()
-        for key, record in latest.items():
-            self.table.put_stored(key, record)
         for partition, offset in last.items():
             # the real last offset, which can lie beyond Tansu's reported end: the app turns off Faust's
             # check that refuses a persisted offset past it (`stream.worker.pipeline.base_app`)
             self.restored_to[TP(topic, partition)] = offset
-        log.info("restored partitions %s of %s in bulk: %d records, %d keys in %.1f s", partitions, topic,
-                 records, len(latest), time.perf_counter() - t0)  # fmt: skip
+        log.info("restored partitions %s of %s in bulk: %d records in %.1f s", partitions, topic, records,
+                 time.perf_counter() - t0)  # fmt: skip

@@ -148,7 +148,7 @@ def assembled(latest: dict) -> dict:
     records = {key: from_stored(value) for key, value in latest.items() if value is not None}
     records = {key: record for key, record in records.items() if not isinstance(record, Absorbed)}
     assemble(records)
-    return {key: {**latest[key], "items": r.items, "times": r.times} for key, r in records.items()}
+    return {key: {**latest[key], "items": r.items, "times": r.times.tolist()} for key, r in records.items()}
 
 
 def group_positions(bootstrap: str, group: str, topic: str) -> dict[int, tuple[int | None, int]] | str:
