@@ -267,7 +267,7 @@ class SessionTable(faust.Table):
         if unassembled(record):
             self.unassembled.add(key)
         data[key] = record
-        return current != record
+        return current is None or current != record  # a new key (every one of a bulk restore) first
 
     def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
         events = list(batch)
