@@ -255,9 +255,8 @@ class SessionTable(faust.Table):
         """One changelog record read outside Faust's recovery (the bulk restore, the Tansu catch-up), as
         recovery applies it: last write wins, None deletes, and a record re-read for a session held whole
         keeps its sealed clicks. Returns whether a value changed (a deletion is not counted)."""
-        data = getattr(
-            self.data, "data", self.data
-        )  # the store's dict: its mapping methods cost a call a key
+        # the store's dict: its mapping methods cost a call a key
+        data = getattr(self.data, "data", self.data)
         current = data.get(key)
         if record is None:
             data.pop(key, None)
