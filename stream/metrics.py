@@ -190,7 +190,7 @@ class TrainerMetrics(Endpoint):
         self.serving_version = Gauge(
             "nextclick_trainer_published_version", "Number of the registry's latest version", registry=r
         )
-        for outcome in ("published", "rejected", "skipped", "failed"):
+        for outcome in ("published", "rejected", "superseded", "skipped", "failed"):
             self.runs.labels(outcome=outcome)  # a series per outcome from the start (rates of 0, not absent)
 
 

@@ -180,10 +180,11 @@ def test_run_the_pieces_yourself_as_written(tmp_path, readme_ports_free):
         listed = run(by_command["model list"], tmp_path).stdout
         newest = re.search(r"^\* (v\d{6})", listed, flags=re.M)
         assert newest and newest.group(1) >= "v000002" and re.search(r"^  v000001", listed, flags=re.M)
+        trainer.ctrl_c()  # as the README says, to keep the rollback
+        trainer_log = trainer.text()
         run(by_command["model promote"], tmp_path)
         wait_for("the worker to roll back to v000001", lambda: serving(9100) == "v000001", 30, worker)
         swaps = scrape(9100)["nextclick_model_swaps_total"]
-        trainer_log = trainer.text()
     finally:
         stopped = {t.name: t.ctrl_c() for t in reversed(terminals)}
     # at least one published version served and the rollback; at most a swap per published version + 1
