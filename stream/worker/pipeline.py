@@ -69,6 +69,7 @@ from stream.settings import WorkerSettings
 from stream.worker.changelog import read_changelog
 from stream.worker.clicks import Click, InvalidClick, parse_click
 from stream.worker.expiry import EventClock, IdleIndex, is_idle
+from stream.worker.heap import collector_paused_then_frozen, freeze_heap
 from stream.worker.hotswap import ModelWatcher, load_verified
 from stream.worker.inference import Answer, InferenceService, Served
 from stream.worker.session import (
@@ -411,8 +412,7 @@ class Pipeline:
         held = {
             tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.clicks.get_topic_name()
         }
-        store = self.table.data  # its dict, where it has one: the store's own views cost a call a key
-        data = getattr(store, "data", store)
+        data = self.table.raw
         gone = [key for key, state in data.items() if state is not None and state.partition not in held]
         for key in gone:
             del data[key]
@@ -430,13 +430,9 @@ class Pipeline:
         """Take the partitions' absorbed marks out of the table, assemble the sessions recovery read,
         rebuild the idle index; returns the chunks without a session, to delete.
 
-        With a million restored sessions every pass counts: this runs with the garbage collector off (a
-        collection every few hundred new objects walked the young ones made so far: 3.7 s of the idle
-        index's rebuild at 1M), and then freezes what is alive, the restored sessions with it, without a
-        collection first (nothing here makes a reference cycle; a cycle Faust left since the last young
-        collection is frozen with the rest and never freed: what was uncollected at that moment)."""
-        gc.disable()
-        try:
+        With a million restored sessions every pass counts: no collection runs meanwhile, and what is
+        alive after, the restored sessions with it, is frozen (`collector_paused_then_frozen`)."""
+        with collector_paused_then_frozen():
             self.absorbed = {p: offset for p, offset in self.absorbed.items() if p in held}
             for partition in held:  # how far each partition is absorbed: kept aside (those gone went already)
                 mark = data.pop(absorbed_key(partition), None)
@@ -452,9 +448,6 @@ class Pipeline:
             )
             self.metrics.active_sessions.set(len(data))
             return orphans
-        finally:
-            gc.freeze()
-            gc.enable()
 
     async def _catch_up(self, partitions: set[int]) -> None:
         """Read what Faust's table recovery can have missed: the changelog from where recovery stopped.
@@ -563,23 +556,6 @@ class Pipeline:
         self.metrics.active_sessions.set(len(self.table.data))
         if self.service is not None:
             self.service.report_cache()
-
-
-def freeze_heap() -> None:
-    """Move everything alive now (Faust, aiokafka, torch, the model) out of the garbage collector's sight.
-
-    A full collection walks every tracked object; in a worker that is about 100 ms with the event loop
-    stopped, and the kNN models' calls allocate enough (scipy's sparse matrices) to trigger one every few
-    seconds: V-SKNN's p99 at 250 clicks/s was 106 ms against 44 ms with the heap frozen after the model
-    loaded (`scripts/bench_serve.py`, one run each; p50 25 against 28 ms). Per-click garbage stays young
-    and is collected as before. Called after every swap, after collecting the young generations only:
-    every model here is freed by reference counting alone once swapped out (a test pins it for each) and
-    loading one leaves no garbage cycle (none found after three loads of each), so the thaw and full
-    collection done here before found nothing, and walked every live session made since the last freeze
-    (0.45 s at a million). Restored sessions are frozen as they are made (`stream.worker.store`,
-    `Pipeline._index_restored`); the first model load freezes without a collection (`Pipeline.start`)."""
-    gc.collect(1)
-    gc.freeze()
 
 
 def base_app(s: WorkerSettings) -> App:

@@ -26,7 +26,6 @@ them after recovery, with the rest (`stream.worker.pipeline.Pipeline._on_rebalan
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 
@@ -34,6 +33,7 @@ from faust.stores.memory import Store
 from faust.types import TP
 
 from stream.worker.changelog import read_changelog
+from stream.worker.heap import collector_paused_then_frozen
 
 log = logging.getLogger("nextclick.worker")
 
@@ -75,25 +75,20 @@ class BulkRestoredStore(Store):
     async def restore(self, topic: str, partitions: list[int]) -> None:
         t0 = time.perf_counter()
         bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker)
-        # no garbage collection while a million sessions are made: each collection walks all those made
-        # so far (the 1M restart spent half its decoding time there), and they are frozen out of its sight
-        # once made, or the next collections (the rebalance's passes over them) walk them all instead
-        gc.disable()
+        # each record into the table as it is read, in order (last write wins, tombstones delete); the
+        # sessions made are frozen out of the collector's sight, or the next collections walk them all
+        read = read_changelog(
+            bootstrap, topic, partitions, decode=self.table._to_value, apply=self.table.put_stored
+        )
         try:
-            # each record into the table as it is read, in order (last write wins, tombstones delete)
-            read = read_changelog(
-                bootstrap, topic, partitions, decode=self.table._to_value, apply=self.table.put_stored
-            )
-            _, records, last, _ = await asyncio.wait_for(read, RESTORE_TIMEOUT)
+            with collector_paused_then_frozen():
+                _, records, last, _ = await asyncio.wait_for(read, RESTORE_TIMEOUT)
         except Exception as exc:
             # Faust's recovery reads them from the start instead, over what the read applied (last write
             # wins: the same end state): slower, as complete
             log.error("bulk restore of partitions %s of %s failed (%r): Faust's recovery reads them",
                       partitions, topic, exc)  # fmt: skip
             return
-        finally:
-            gc.freeze()
-            gc.enable()
         for partition, offset in last.items():
             # the real last offset, which can lie beyond Tansu's reported end: the app turns off Faust's
             # check that refuses a persisted offset past it (`stream.worker.pipeline.base_app`)
