@@ -4,7 +4,7 @@ Per click: a JSON parse, one table update (one changelog write) and one JSON mes
 no model, no metrics. Same transport, broker settings and topics as the worker (`stream.worker.pipeline.base_app`,
 settings from the environment), so the difference between the two is what the pipeline itself costs.
 This is the kind of agent issue #6 quotes for scale. With BARE_AGENT_BATCH=1 it takes clicks in batches
-as the worker does (NEXTCLICK_BATCH_SIZE clicks or NEXTCLICK_BATCH_WAIT_MS), one at a time otherwise.
+as the worker does (`stream.worker.batching.take_ready`, at most NEXTCLICK_BATCH_SIZE), one at a time otherwise.
 
     python scripts/bare_agent.py worker --loglevel info
 """
@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from faust.types import EventT, StreamT
 
 from stream.settings import WorkerSettings
+from stream.worker.batching import take_ready
 from stream.worker.pipeline import base_app
 
 settings = WorkerSettings.from_env()
@@ -51,8 +52,7 @@ async def handle(event: EventT) -> None:
 @app.agent(clicks)
 async def answer(stream: StreamT) -> None:
     if os.environ.get("BARE_AGENT_BATCH") == "1":
-        within = settings.batch_wait_ms / 1000.0
-        async for events in stream.take_events(settings.batch_size, within=within):
+        async for events in take_ready(stream, settings.batch_size):
             for event in events:
                 await handle(event)
     else:

@@ -66,6 +66,7 @@ from stream.kafka.broker import is_tansu
 from stream.kafka.clients import faust_credentials
 from stream.metrics import Metrics
 from stream.settings import WorkerSettings
+from stream.worker.batching import take_ready
 from stream.worker.changelog import read_changelog
 from stream.worker.clicks import Click, InvalidClick, parse_click
 from stream.worker.expiry import EventClock, IdleIndex, is_idle
@@ -251,7 +252,7 @@ class Pipeline:
     # -- the agent ---------------------------------------------------------------------------------------
     async def process(self, stream: StreamT) -> None:
         s = self.settings
-        async for events in stream.take_events(s.batch_size, within=s.batch_wait_ms / 1000.0):
+        async for events in take_ready(stream, s.batch_size, assigned=self.app.consumer.assignment):
             async with self._batch:  # see _on_revoked
                 await self._handle(events)
 
