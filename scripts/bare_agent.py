@@ -52,7 +52,7 @@ async def handle(event: EventT) -> None:
 @app.agent(clicks)
 async def answer(stream: StreamT) -> None:
     if os.environ.get("BARE_AGENT_BATCH") == "1":
-        async for events in take_ready(stream, settings.batch_size):
+        async for events in take_ready(stream, settings.batch_size, settle=settings.batch_wait_ms / 1000.0):
             for event in events:
                 await handle(event)
     else:

@@ -131,7 +131,7 @@ class WorkerSettings(KafkaSettings):
     registry: str | None = None
     k: int = 20
     batch_size: int = 256  # clicks taken from the stream (and answered by one model call) at most
-    batch_wait_ms: float = 5.0  # a lone request's wait for others to share its model call (not the agent's)
+    batch_wait_ms: float = 5.0  # a busy agent's next batch gathers this long (stream.worker.batching)
     session_ttl: float = 1800.0  # seconds of event time without a click before a session closes
     max_session_length: int = 200  # a session this long is closed after its answer
     metrics_port: int = 9100  # 0 = no metrics endpoint

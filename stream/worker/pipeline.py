@@ -252,7 +252,10 @@ class Pipeline:
     # -- the agent ---------------------------------------------------------------------------------------
     async def process(self, stream: StreamT) -> None:
         s = self.settings
-        async for events in take_ready(stream, s.batch_size, assigned=self.app.consumer.assignment):
+        batches = take_ready(
+            stream, s.batch_size, assigned=self.app.consumer.assignment, settle=s.batch_wait_ms / 1000.0
+        )
+        async for events in batches:
             async with self._batch:  # see _on_revoked
                 await self._handle(events)
 

@@ -67,3 +67,27 @@ def test_buffered_clicks_of_a_partition_no_longer_held_are_dropped_not_answered(
 
     asyncio.run(scenario())
     assert batches == [[2]]
+
+
+def test_a_busy_agent_lets_its_next_batch_gather_for_settle_seconds():
+    """Under load fewer, larger batches (one model call each); an idle agent still takes a click at once."""
+    app = faust.App("take-ready-settle-test", store="memory://")
+    batches: list[list[int]] = []
+
+    @app.agent()
+    async def agent(stream):
+        async for events in take_ready(stream, 10, settle=0.3):
+            batches.append([event.value for event in events])
+            await asyncio.sleep(0.2)
+
+    async def scenario() -> None:
+        async with agent.test_context() as running:
+            await running.put(1)  # idle: at once
+            await asyncio.sleep(0.05)
+            await running.put(2)  # busy with 1: waits, then gathers
+            await asyncio.sleep(0.3)  # batch 1 done at 0.2 s; [2] gathers until 0.5 s
+            await running.put(3)
+            await asyncio.sleep(1.0)
+
+    asyncio.run(scenario())
+    assert batches == [[1], [2, 3]]
