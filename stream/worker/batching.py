@@ -5,9 +5,10 @@ seconds (5 ms here) before the next one unless `max_` events arrived first, so a
 agent idle still waited for the period's end (V-SKNN at 100 clicks/s: p50 1.6x the floor's,
 `scripts/bench_serve.py`). `take_ready` waits for the first event only: a click that finds the agent idle
 is handled at once, alone; clicks that arrive while a batch is answered form the next batch, which waits
-up to `settle` for more only when the agent is busy (see `take_ready`). Everything else is as in Faust's `take_events`, on the same stream hooks: the
-stream drains passively into a buffer (a full buffer holds it back until taken), acks are off while it
-runs and each event is acked after the loop body that handled it returns, in order.
+up to `settle` for more only when the agent is busy (see `take_ready`). Everything else is as in Faust's
+`take_events`, on the same stream hooks: the stream drains passively into a buffer (a full buffer holds it
+back until taken), acks are off while it runs and each event is acked after the loop body that handled it
+returns, in order.
 """
 
 from __future__ import annotations

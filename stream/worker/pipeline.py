@@ -465,10 +465,10 @@ class Pipeline:
         own acknowledged writes), until that record and the reported end are passed and a fetch comes back
         empty, and applies every record (last write wins, tombstones delete): a few records, not the whole
         changelog again (from the last batch's base alone, a CI run re-read 63 of 179 records after a bulk
-        read had read them all). Not from Faust's `active_offsets`: records fetched after
-        recovery ended are counted there but sit unapplied in Faust's recovery buffer (a CI run lost a
-        session's clicks that way); the repair supersedes them, so they are dropped from that buffer,
-        where a later flush would otherwise put them back over newer state. It runs inside the rebalance,
+        read had read them all). Not from Faust's `active_offsets`: records fetched after recovery ended
+        are counted there but sit unapplied in Faust's recovery buffer (a CI run lost a session's clicks
+        that way); the repair supersedes them, so they are dropped from that buffer, where a later flush
+        would otherwise put them back over newer state. It runs inside the rebalance,
         where the stream is paused anyway, never in the agent. It runs only on Tansu (`_catch_up_needed`):
         on Apache Kafka recovery is exact (a test shows both sides).
 
