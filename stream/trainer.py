@@ -105,11 +105,11 @@ class Trainer:
                 s.gate_tolerance,
             )
             return {**summary, "outcome": "rejected"}
-        if self.registry.latest() != serving_version:
+        if (promoted := self.registry.latest()) != serving_version:
             # an operator promoted (rolled back) while this cycle trained: the candidate was gated against
             # a version no longer served, and publishing would undo their choice within seconds
             log.warning("candidate not published: %s was promoted while it trained against %s",
-                        self.registry.latest(), serving_version)  # fmt: skip
+                        promoted, serving_version)  # fmt: skip
             return {**summary, "outcome": "superseded"}
         version = self.registry.publish(
             candidate,

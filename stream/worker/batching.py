@@ -62,7 +62,7 @@ async def take_ready(
     stream._enable_passive(aiter(stream.channel))  # the hook Faust's own take_events uses
     try:
         while not stream.should_stop:
-            if await stream.wait_for_stopped(arrived):
+            if not buffer and await stream.wait_for_stopped(arrived):  # a busy agent's clicks are there
                 break
             if busy and settle > 0 and len(buffer) < max_:
                 # plain asyncio: mode's wait_for_stopped reports a timeout as the stream stopping

@@ -461,7 +461,7 @@ class Pipeline:
         (../shared/notes/embedded-broker.md): a restarted worker would lose a session's last clicks. This
         reads each partition from the highwater recovery read to (Faust's `active_highwaters`: the reported
         end - 1, the last batch's base offset), or from the last record the store already holds if that
-        is further (`BulkRestoredStore.restored_to`: the bulk read went to the real end, or this worker's
+        is further (the store's `persisted_offset`: the bulk read went to the real end, or this worker's
         own acknowledged writes), until that record and the reported end are passed and a fetch comes back
         empty, and applies every record (last write wins, tombstones delete): a few records, not the whole
         changelog again (from the last batch's base alone, a CI run re-read 63 of 179 records after a bulk
@@ -481,9 +481,9 @@ class Pipeline:
             return
         topic = self.table.changelog_topic.get_topic_name()
         recovery = self.app.tables.recovery
-        held_to = getattr(self.table.data, "restored_to", {})  # read in bulk, or written and acknowledged
+        held_to = self.table.data.persisted_offset  # read in bulk, or written and acknowledged
         start = {  # each an offset that holds a record (`read_changelog`), read again: last write wins
-            p: max(recovery.active_highwaters.get(TP(topic, p)) or 0, held_to.get(TP(topic, p), 0), 0)
+            p: max(recovery.active_highwaters.get(TP(topic, p)) or 0, held_to(TP(topic, p)) or 0, 0)
             for p in sorted(partitions)
         }
         for attempt in range(1, CATCHUP_ATTEMPTS + 1):
