@@ -87,6 +87,14 @@ class Bf16Scoring:
 
     scoring_bf16: bool = False
 
+    def train(self, mode: bool = True):  # type: ignore[no-untyped-def]
+        """Training drops the derived copies: fused Adam (the neural models' optimizer) updates weights
+        in place without bumping their version counter, so the key below cannot see its steps (a stale
+        table once scored every validation epoch after the first with the first epoch's item table)."""
+        if mode:
+            self.__dict__.pop("_frozen_tables", None)
+        return super().train(mode)  # type: ignore[misc]
+
     def frozen_table(self, weight: torch.Tensor, normalize: bool = False, bf16: bool = False) -> torch.Tensor:
         """A derived copy of a parameter (L2-normalised rows and/or bfloat16), made once and reused while
         the parameter does not change. Keyed on the parameter itself, never on a derived tensor: one made

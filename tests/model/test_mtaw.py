@@ -55,3 +55,17 @@ def test_mtaw_serves_in_bfloat16_like_the_stream_does(tiny_data):
     assert torch.isfinite(scores).all()
     overlap = [len(set(a) & set(b)) / 20 for a, b in zip(exact.tolist(), fast.tolist(), strict=True)]
     assert sum(overlap) / len(overlap) > 0.8
+
+
+def test_scores_follow_every_training_step(tiny_data):
+    """Fused Adam moves the weights without bumping their version: a score after more training must use
+    the new item table, not the copy cached when the model was last scored (validation epochs did)."""
+    model = make_model("mtaw", tiny_data, sets={"hidden_size": 32}, epochs=1)
+    fit_model(model, tiny_data)
+    sessions = tiny_data.test.prefixes(range(8))
+    cached = model.score(sessions)
+    model.fit(tiny_data.train, None)  # one more epoch, in place
+    fresh = make_model("mtaw", tiny_data, sets={"hidden_size": 32}, epochs=1)
+    fresh.load_state_tensors(model.state_tensors())
+    assert not torch.equal(model.score(sessions), cached)
+    assert torch.equal(model.score(sessions), fresh.score(sessions))
