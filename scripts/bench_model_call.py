@@ -6,7 +6,7 @@
 The 64 sessions of each call are consecutive real test prefixes (the calls walk through the test set).
 Neural models are timed with fresh weights (a call costs the same whatever the weights); the kNN models
 index every training session; `rerank` is fitted with one scorer epoch (its call cost does not depend on
-how long the scorer trained). Reported: median, p90 and p99 of the wall time of a call, after 10 warm-up
+how long the scorer trained; `rerank-neural`: with its neural group, MTAW untrained). Reported: median, p90 and p99 of the wall time of a call, after 10 warm-up
 calls, on the CPU threads torch uses by default.
 
 Catalogue size (`--items 40727 200000 1000000`): the data set's vocabulary widened with items no session
@@ -37,6 +37,8 @@ from model.lifecycle.experiment import fit_model, make_model
 from model.models.layers import Bf16Scoring
 
 NEURAL = {"srgnn", "gru4rec", "mtaw"}
+# named variants: model, settings (the neural group's MTAW untrained: a call costs the same whatever its weights)
+VARIANTS = {"rerank-neural": ("rerank", {"features": "knn,rules,repeat,neural", "neural_epochs": 0})}
 
 
 def main() -> None:
@@ -68,8 +70,9 @@ def widened(data: SessionData, n_items: int) -> SessionData:
 
 
 def time_calls(name: str, data: SessionData, batches: list, calls: int, bf16: bool) -> dict:
-    model = make_model(name, data, epochs=1 if name == "rerank" else None)
-    if name not in NEURAL:
+    kind, sets = VARIANTS.get(name, (name, None))
+    model = make_model(kind, data, sets=sets, epochs=1 if kind == "rerank" else None)
+    if kind not in NEURAL:
         fit_model(model, data)
     net = getattr(model, "net", None)
     if bf16 and isinstance(net, Bf16Scoring):

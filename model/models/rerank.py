@@ -31,8 +31,21 @@ Full ranking. Every item gets a score: candidates the scorer's, every other item
 candidate of its row, ordered among themselves by training popularity. The output of one session never
 depends on another in its batch (all features are per session).
 
-Ablations: `features` names the groups in use (knn, rules, repeat); a group left out gives no candidates
-and its features are zero.
+Ablations: `features` names the groups in use (knn, rules, repeat, neural); a group left out gives no
+candidates and the scorer does not read its features.
+
+The neural group (`features=knn,rules,repeat,neural`, not the default). A neural model (`neural_model`,
+MTAW) proposes its `neural_candidates` best items, and every candidate gets its probability under that
+model over the model's first choice's (`neural`, 1 for the first choice) and the same as a log, scaled
+(`neural_gap`). The kNN's evidence is co-occurrence; MTAW's is what its attention learnt from whole
+sequences, which the neighbourhoods do not hold (on Diginetica the next item was among the candidates for
+71 % of dev samples without it, 76 % with its 50). For the scorer's samples it is trained like the index,
+on the older sessions only (`neural_epochs`, one by default, without early stopping: more were not
+searched); afterwards it trains on, warm, over the held-out newest sessions, as the index is rebuilt
+on all (the same reason the neural models refit on all: the newest sessions are most like what it will
+serve). Its cost is a neural model's training and, per call, its scoring of every item: not the default,
+where the 15 ms call of issue #17 rules it out (BENCHMARKS.md). Its float32 scores round differently with
+the batch's shape, so with it a session's list can differ in near-ties between batches.
 
 Device: the CPU, whatever `--device` says. The work is sparse index look-ups and a 13 -> 64 -> 64 -> 1 MLP
 over a few hundred candidates a session; a GPU would only add copies.
@@ -72,11 +85,14 @@ FEATURES = (
     "popularity",
     "log_length",
     "repeat_share",
+    "neural",
+    "neural_gap",
 )
 GROUPS = {
     "knn": ("knn", "sqrt_knn"),
     "rules": ("rules", "sqrt_rules", "markov", "rules_second_last"),
     "repeat": ("log_count", "recency", "is_last", "in_session", "repeat_share"),
+    "neural": ("neural", "neural_gap"),
 }
 
 
@@ -94,6 +110,9 @@ class RerankParams:
     rerank_fraction: float = 0.1  # newest training sessions held out to train the scorer on
     dev_fraction: float = 0.2  # newest share of those samples choosing the epoch
     features: str = "knn,rules,repeat"  # feature groups in use (ablations)
+    neural_model: str = "mtaw"  # the "neural" group's model: it proposes candidates and scores every one
+    neural_candidates: int = 50  # its best items proposed per session
+    neural_epochs: int = 1  # its training epochs (on the index's sessions, then again on all)
     seed: int = 42
 
 
@@ -151,6 +170,11 @@ def _lookup(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndar
     return np.where(keys[at] == wanted, values[at], 0.0).astype(np.float32)
 
 
+def _in_use(feature: str, groups: set[str]) -> bool:
+    """Whether the scorer reads a feature: those of no group (popularity, session length) always."""
+    return all(g in groups for g, names in GROUPS.items() if feature in names)
+
+
 def _lowest(scores: torch.Tensor) -> torch.Tensor:
     """Each row's lowest candidate score (0 for a row without candidates): every other item ranks below."""
     lowest = torch.where(scores.isfinite(), scores, torch.inf).min(dim=1).values
@@ -186,11 +210,18 @@ class KnnReranker(Recommender):
 
             raise UserError(f"features must name some of {', '.join(GROUPS)}, not {self.params.features!r}")
         self.groups = groups
-        off = [f for g, names in GROUPS.items() if g not in groups for f in names]
-        self.feature_mask = torch.tensor([0.0 if f in off else 1.0 for f in FEATURES])
+        # the scorer reads the features of the groups in use only (a checkpoint without the neural group
+        # keeps its 13 inputs)
+        self.active = torch.tensor([i for i, f in enumerate(FEATURES) if _in_use(f, groups)])
         torch.manual_seed(self.params.seed)
-        self.net = Scorer(len(FEATURES), self.params.hidden)
+        self.net = Scorer(len(self.active), self.params.hidden)
         self.knn: SessionKnn | None = None
+        self.neural: Recommender | None = None
+        if "neural" in groups:
+            from model.models.zoo import model_class
+
+            cls = model_class(self.params.neural_model)
+            self.neural = cls(vocab, dataclasses.replace(cls.Params(), epochs=self.params.neural_epochs))
 
     # -- the index: kNN, rules, popularity --------------------------------------------------------------
     def _index(self, sessions: Sessions) -> None:
@@ -223,6 +254,15 @@ class KnnReranker(Recommender):
             rules2 = _scaled_entries(self.rules[second_last], width)  # row 0 (padding) is empty
         else:
             rules = markov = rules2 = empty
+        if self.neural is not None:
+            with torch.inference_mode():
+                logits = self.neural.score(sessions).float()
+                logits[:, 0] = -torch.inf
+                log_p = torch.log_softmax(logits, dim=1)
+                # each row's log-probabilities less its best: 0 for the neural model's first choice
+                gap = (log_p - log_p.max(dim=1, keepdim=True).values).numpy()
+                top = torch.topk(logits, min(self.params.neural_candidates, self.n_items), dim=1).indices
+            neural_keys = (np.arange(n)[:, None] * width + top.numpy()).ravel()
 
         # the session's own items: count and the latest position of each
         rows = np.repeat(np.arange(n), lengths)
@@ -240,6 +280,8 @@ class KnnReranker(Recommender):
         ]
         if repeat:
             proposed.append(own)
+        if self.neural is not None:
+            proposed.append(neural_keys)
         cand = np.unique(np.concatenate(proposed))
         cand = cand[cand % width != 0]
         crow = cand // width
@@ -265,6 +307,12 @@ class KnnReranker(Recommender):
             "log_length": np.log(lengths[crow].astype(np.float32)),
             "repeat_share": (1.0 - distinct / lengths)[crow].astype(np.float32),
         }
+        if self.neural is not None:
+            g = gap[crow, citem]
+            cols["neural"] = np.exp(g)
+            cols["neural_gap"] = np.maximum(g / 10.0, -2.0)
+        else:
+            cols["neural"] = cols["neural_gap"] = np.zeros(len(cand), dtype=np.float32)
         features = np.stack([cols[f] for f in FEATURES], axis=1).astype(np.float32)
 
         per_row = np.bincount(crow, minlength=n)
@@ -284,7 +332,7 @@ class KnnReranker(Recommender):
         candidates, so a session would get another list alone than in a batch; float64 rounded to float32
         gives the same bits in every batch."""
         mask = torch.from_numpy(c.mask)
-        features = torch.from_numpy(c.features)[mask] * self.feature_mask  # real candidates only, no padding
+        features = torch.from_numpy(c.features)[mask][:, self.active]  # real candidates only, no padding
         if exact:
             weights = {k: v.double() for k, v in self.net.state_dict().items()}
             scores = functional_call(self.net, weights, (features.double(),)).float()
@@ -350,6 +398,7 @@ class KnnReranker(Recommender):
         t0 = time.perf_counter()
         older, held = split_last(train, p.rerank_fraction)
         self._index(older)
+        neural_history = self.neural.fit(older, None, progress=progress) if self.neural is not None else None
         samples = prefix_samples(held)
         chunks = self._featurise(samples, progress)
         n_dev = max(1, round(len(chunks) * p.dev_fraction)) if len(chunks) > 1 else 0
@@ -389,6 +438,9 @@ class KnnReranker(Recommender):
             self.net.load_state_dict(best_state)
         self.net.eval()
         self._index(train)
+        if self.neural is not None:
+            # trained again, continuing, on every session: the newest are most like what it will serve
+            history["neural"] = [neural_history, self.neural.fit(held, None, progress=progress)]
         return history
 
     def _featurise(self, samples: Samples, progress: bool) -> list[tuple[Candidates, np.ndarray]]:
@@ -429,6 +481,8 @@ class KnnReranker(Recommender):
     # -- checkpoints --------------------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {f"net.{k}": v for k, v in self.net.state_dict().items()}
+        if self.neural is not None:
+            tensors.update({f"neural.{k}": v for k, v in self.neural.state_tensors().items()})
         if self.knn is not None:
             tensors["session_offsets"] = torch.from_numpy(self.session_offsets)
             tensors["session_items"] = torch.from_numpy(self.session_items)
@@ -437,6 +491,8 @@ class KnnReranker(Recommender):
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
         self.net.eval()
+        if self.neural is not None:
+            self.neural.load_state_tensors({k[7:]: v for k, v in tensors.items() if k.startswith("neural.")})
         offsets = tensors["session_offsets"].numpy().astype(np.int64)
         items = tensors["session_items"].numpy().astype(np.int64)
         if items.size and (items.max() > self.n_items or items.min() < 1):

@@ -168,13 +168,55 @@ def test_it_beats_vsknn_where_visitors_come_back(tiny_data: SessionData):
 def test_feature_groups_switch_off(tiny_data: SessionData):
     model = make_model("rerank", tiny_data, sets={"features": "knn", "epochs": 1})
     fit_model(model, tiny_data)
-    session = tiny_data.test.prefix(0)
-    c = model.candidates([session])
-    masked = (torch.from_numpy(c.features) * model.feature_mask).numpy()
-    for f in ("in_session", "log_count", "rules", "markov"):
-        assert np.all(masked[..., FEATURES.index(f)] == 0), f
+    read = {FEATURES[i] for i in model.active.tolist()}
+    assert read == {"knn", "sqrt_knn", "popularity", "log_length"}
+    assert model.net.layers[0].in_features == len(read)
     with pytest.raises(UserError, match="features must name"):
         make_model("rerank", tiny_data, sets={"features": "knn,magic"})
+
+
+@pytest.fixture(scope="module")
+def with_neural(tiny_data) -> KnnReranker:
+    model = make_model("rerank", tiny_data, sets={**FAST, "features": "knn,rules,repeat,neural"})
+    fit_model(model, tiny_data)
+    return model
+
+
+def test_the_neural_group_proposes_and_scores(with_neural: KnnReranker, tiny_data: SessionData):
+    """MTAW's best items join the candidates, and its feature is each one's probability over MTAW's
+    first choice's (1 for that choice)."""
+    sessions = tiny_data.test.prefixes(range(8))
+    c = with_neural.candidates(sessions)
+    logits = with_neural.neural.score(sessions).float()
+    for row in range(len(sessions)):
+        items = c.items[row][c.mask[row]]
+        first = int(torch.argmax(logits[row, 1:])) + 1
+        assert first in items.tolist()
+        neural = c.features[row][c.mask[row]][:, FEATURES.index("neural")]
+        assert neural[items.tolist().index(first)] == pytest.approx(1.0)
+        expected = (
+            torch.softmax(logits[row], 0)[torch.from_numpy(items)] / torch.softmax(logits[row], 0).max()
+        )
+        np.testing.assert_allclose(neural, expected.numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_the_neural_group_sees_one_session_at_a_time(with_neural, tiny_data: SessionData, tmp_path: Path):
+    """Its checkpoint holds MTAW's weights too, and its metrics do not depend on order or batch size."""
+    model, _ = load_checkpoint(save_checkpoint(with_neural, tmp_path / "ck"))
+    probe = tiny_data.test.prefixes(range(20))
+    assert torch.equal(model.score(probe), with_neural.score(probe))
+    test = tiny_data.test.select(np.arange(300))
+    order = np.random.default_rng(0).permutation(len(test))
+    runs = [
+        evaluate_model(model, SessionData("t", tiny_data.vocab, tiny_data.train, test), batch_size=512),
+        evaluate_model(model, SessionData("t", tiny_data.vocab, tiny_data.train, test), batch_size=1),
+        evaluate_model(
+            model, SessionData("t", tiny_data.vocab, tiny_data.train, test.select(order)), batch_size=7
+        ),
+    ]
+    for other in runs[1:]:
+        for key in ("recall@10", "mrr@10", "recall@20", "mrr@20"):
+            assert other[key] == pytest.approx(runs[0][key], abs=1e-9), key
 
 
 def test_the_trainer_warm_starts_it(fitted, tiny_data: SessionData):
@@ -183,3 +225,13 @@ def test_the_trainer_warm_starts_it(fitted, tiny_data: SessionData):
     candidate, history = train_candidate("rerank", data, serving=fitted, epochs=1)
     assert history["warm_start"] is True and history["warm_tensors"] == len(fitted.net.state_dict())
     assert candidate.n_items == fitted.n_items + 1
+
+
+def test_the_trainer_warm_starts_its_neural_part(with_neural, tiny_data: SessionData):
+    extended = tiny_data.vocab.extend(["brand-new"])
+    data = SessionData("log", extended, tiny_data.train, tiny_data.test)
+    candidate, history = train_candidate("rerank", data, serving=with_neural, epochs=1)
+    assert history["warm_tensors"] == len(with_neural.net.state_dict()) + len(
+        with_neural.neural.state_tensors()
+    )
+    assert candidate.neural is not None and candidate.neural.n_items == with_neural.n_items + 1
