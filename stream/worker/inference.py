@@ -12,8 +12,8 @@ requests (`recommend`) queue and wait up to `max_wait_ms` for others to share th
 between batches, and requests keep the model that encoded them.
 
 Models with incremental inference (GRU4Rec's `step`) keep each session's hidden state in a bounded LRU cache
-beside the table, keyed by session id and the number of known clicks it has absorbed: the next click costs
-one GRU step. A miss (a restart, a rebalance, an evicted or out-of-step entry) rebuilds the state from the
+beside the table, keyed by session id and the number of clicks it has absorbed: the next click costs one
+look-up of that click's item and one GRU step (the rest of the history is not read). A miss (a restart, a rebalance, an evicted or out-of-step entry) rebuilds the state from the
 stored history, so the cache never changes an answer, only its cost. A swapped-in model starts with an
 empty cache: hidden states are never reused across models.
 """
@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.data.vocab import UNKNOWN
 from model.lifecycle.checkpoint import load_checkpoint
 from model.models.base import Recommender, resolve_device
 from model.models.layers import Bf16Scoring, bf16_is_fast
@@ -42,7 +43,7 @@ log = logging.getLogger("nextclick.inference")
 
 
 class StateCache:
-    """session id -> (known clicks absorbed, hidden state), least recently used evicted past `max_bytes`.
+    """session id -> (clicks absorbed, hidden state), least recently used evicted past `max_bytes`.
 
     Each entry is a copy of its row: a row of the batch's output is a view that keeps the whole batch's
     tensor alive (a 256-row batch pinned 256 states per entry). Sessions that close or move to another
@@ -99,7 +100,10 @@ class Served:
 
 @dataclass(frozen=True)
 class Request:
-    known: np.ndarray  # the session's known item indices (in `served`'s vocabulary), oldest first
+    history: list[str]  # the session's item ids, oldest first
+    # its known item indices (in `served`'s vocabulary); None: left to the model's thread, where a cached
+    # state may need only the last click's
+    known: np.ndarray | None
     session_id: str | None
     served: Served
 
@@ -212,13 +216,14 @@ class InferenceService:
 
     @staticmethod
     def _ask(served: Served, history: list[str], session_id: str | None) -> Request | Answer:
-        """The model's request for a history, or the fallback answer where no item of it is known."""
-        known = served.model.vocab.lookup(history)
-        known = known[known >= 1]
+        """The model's request for a history, or the fallback answer where no item of it is known. A
+        session of a model with a state cache is looked up in the model's thread (`_infer_incremental`)."""
+        if served.cache is not None and session_id and history:
+            return Request(history, None, session_id, served)
+        known = _known(served.model, history)
         if known.size == 0:
-            items, scores = served.fallback
-            return Answer(items, scores, served.name, served.version, "fallback")
-        return Request(known, session_id, served)
+            return _fallback(served)
+        return Request(history, known, session_id, served)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -258,33 +263,63 @@ class InferenceService:
         t0 = time.perf_counter()
         with torch.inference_mode():
             if served.cache is None:
+                answered = range(len(requests))
                 items, scores = served.model.recommend([r.known for r in requests], k=self.k)
             else:
-                items, scores = self._infer_incremental(served, served.cache, requests)
+                answered, items, scores = self._infer_incremental(served, served.cache, requests)
         self.metrics.inference.observe(time.perf_counter() - t0)
         self.metrics.batch_size.observe(len(requests))
         decode = served.model.vocab.decode
-        return [
-            Answer(decode(row), sc, served.name, served.version, "model")
-            for row, sc in zip(items.tolist(), scores.float().tolist(), strict=True)
-        ]
+        answers = [_fallback(served)] * len(requests)  # for requests without a known item
+        for i, row, sc in zip(answered, items.tolist(), scores.float().tolist(), strict=True):
+            answers[i] = Answer(decode(row), sc, served.name, served.version, "model")
+        return answers
 
     def _infer_incremental(
         self, served: Served, cache: StateCache, requests: list[Request]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """One GRU step for each request. A session whose state after all but its last click is cached
+        costs one look-up, of that click; any other is looked up whole and its state rebuilt from its
+        known clicks. Cache entries count the session's clicks, known or not: the state after the clicks
+        `history[:n]` is stored under n."""
         model: Any = served.model
-        states: list[torch.Tensor | None] = [
-            cache.get(r.session_id, len(r.known) - 1) if r.session_id else None for r in requests
-        ]
-        missing = [i for i, st in enumerate(states) if st is None]
-        if missing:
-            rebuilt = model.final_states([requests[i].known[:-1] for i in missing])
-            for row, i in enumerate(missing):
-                states[i] = rebuilt[row]
-        last = torch.as_tensor([int(r.known[-1]) for r in requests])
-        scores, new = model.step(last, torch.stack([s for s in states if s is not None]))
-        for row, r in enumerate(requests):
+        index = model.vocab.index
+        answered: list[int] = []
+        lasts: list[int] = []
+        states: list[torch.Tensor | None] = []
+        rebuild: list[np.ndarray] = []
+        for i, r in enumerate(requests):
+            state = cache.get(r.session_id, len(r.history) - 1) if r.session_id else None
+            last = index.get(str(r.history[-1]), UNKNOWN) if state is not None else UNKNOWN
+            if last < 1:  # no state, or the last click is unknown: the whole known history
+                known = r.known if r.known is not None else _known(model, r.history)
+                if known.size == 0:
+                    continue
+                state, last = None, int(known[-1])
+                rebuild.append(known[:-1])
+            answered.append(i)
+            lasts.append(last)
+            states.append(state)
+        if not answered:
+            return answered, torch.empty(0, self.k, dtype=torch.long), torch.empty(0, self.k)
+        if rebuild:
+            rebuilt = iter(model.final_states(rebuild))
+            states = [next(rebuilt) if st is None else st for st in states]
+        scores, new = model.step(torch.as_tensor(lasts), torch.stack(states))  # type: ignore[arg-type]
+        for row, i in enumerate(answered):
+            r = requests[i]
             if r.session_id:
-                cache.put(r.session_id, len(r.known), new[row])
+                cache.put(r.session_id, len(r.history), new[row])
         top = torch.topk(scores[:, 1:], min(self.k, model.n_items), dim=1)  # column 0 is padding
-        return (top.indices + 1).cpu(), top.values.float().cpu()
+        return answered, (top.indices + 1).cpu(), top.values.float().cpu()
+
+
+def _known(model: Recommender, history: list[str]) -> np.ndarray:
+    """The history's items the model knows, as its indices (unknown ones hidden from it)."""
+    known = model.vocab.lookup(history)
+    return known[known >= 1]
+
+
+def _fallback(served: Served) -> Answer:
+    items, scores = served.fallback
+    return Answer(items, scores, served.name, served.version, "fallback")

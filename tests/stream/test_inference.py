@@ -53,6 +53,33 @@ def test_cached_gru4rec_answers_equal_full_recomputation_and_cost_one_step():
     assert cache is not None and cache.misses == 5 and cache.hits == 25  # one rebuild per session, then O(1)
 
 
+def test_a_cached_session_looks_up_only_its_last_click_and_unknown_clicks_change_nothing():
+    """After the first click a cached session's history is not looked up again (one dictionary look-up of
+    the last item); an unknown click (here "zz") falls back to the whole known history, with the same
+    answers as recomputing it, and a session of unknown clicks alone gets the fallback list."""
+    model = _gru()
+    served = Served(model, "gru4rec", "v1", (["i1"], [1.0]), cache=StateCache())
+    whole_lookups = []
+    lookup = model.vocab.lookup
+    model.vocab.lookup = lambda ids: whole_lookups.append(list(ids)) or lookup(ids)
+    history = ["i3", "i7", "zz", "i9", "i2", "zz", "zz", "i5"]
+
+    async def run():
+        service = InferenceService(served, Metrics(), k=5)
+        answers = [await service.recommend(history[: t + 1], "a") for t in range(len(history))]
+        answers.append((await service.recommend_many([(["zz"], "b")]))[0])
+        await service.stop()
+        return answers
+
+    answers = asyncio.run(run())
+    for t, answer in enumerate(answers[:-1]):
+        want, _ = model.recommend([lookup(history[: t + 1])[lookup(history[: t + 1]) >= 1]], k=5)
+        assert answer.source == "model" and answer.items == model.vocab.decode(want[0].tolist()), t
+    assert answers[-1].source == "fallback" and answers[-1].items == ["i1"]
+    # the whole history was read at the first click and after each unknown one (and for "b"), no more
+    assert [len(ids) for ids in whole_lookups] == [1, 3, 6, 7, 1]
+
+
 def test_a_lost_cache_entry_is_rebuilt_from_the_history():
     model = _gru()
     served = Served(
