@@ -258,11 +258,10 @@ class KnnReranker(Recommender):
             with torch.inference_mode():
                 logits = self.neural.score(sessions).float()
                 logits[:, 0] = -torch.inf
-                log_p = torch.log_softmax(logits, dim=1)
-                # each row's log-probabilities less its best: 0 for the neural model's first choice
-                gap = (log_p - log_p.max(dim=1, keepdim=True).values).numpy()
-                top = torch.topk(logits, min(self.params.neural_candidates, self.n_items), dim=1).indices
-            neural_keys = (np.arange(n)[:, None] * width + top.numpy()).ravel()
+                top = torch.topk(logits, min(self.params.neural_candidates, self.n_items), dim=1)
+            best_logit = top.values[:, 0].numpy()  # log p(i) - log p(best) = logit(i) - logit(best)
+            logits = logits.numpy()
+            neural_keys = (np.arange(n)[:, None] * width + top.indices.numpy()).ravel()
 
         # the session's own items: count and the latest position of each
         rows = np.repeat(np.arange(n), lengths)
@@ -308,7 +307,7 @@ class KnnReranker(Recommender):
             "repeat_share": (1.0 - distinct / lengths)[crow].astype(np.float32),
         }
         if self.neural is not None:
-            g = gap[crow, citem]
+            g = logits[crow, citem] - best_logit[crow]  # each one's log-probability less the first choice's
             cols["neural"] = np.exp(g)
             cols["neural_gap"] = np.maximum(g / 10.0, -2.0)
         else:
