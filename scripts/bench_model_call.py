@@ -6,8 +6,8 @@
 The 64 sessions of each call are consecutive real test prefixes (the calls walk through the test set).
 Neural models are timed with fresh weights (a call costs the same whatever the weights); the kNN models
 index every training session; `rerank` is fitted with one scorer epoch (its call cost does not depend on
-how long the scorer trained; `rerank-neural`: with its neural group, MTAW untrained). Reported: median, p90 and p99 of the wall time of a call, after 10 warm-up
-calls, on the CPU threads torch uses by default.
+how long the scorer trained; `rerank-neural`: with its neural group, MTAW untrained). Reported: median,
+p90 and p99 of the wall time of a call, after 10 warm-up calls, on the CPU threads torch uses by default.
 
 Catalogue size (`--items 40727 200000 1000000`): the data set's vocabulary widened with items no session
 ever clicked, so every model scores, and picks its top 20 from, that many items while its sessions and
@@ -37,7 +37,8 @@ from model.lifecycle.experiment import fit_model, make_model
 from model.models.layers import Bf16Scoring
 
 NEURAL = {"srgnn", "gru4rec", "mtaw"}
-# named variants: model, settings (the neural group's MTAW untrained: a call costs the same whatever its weights)
+# named variants: model, settings (the neural group's MTAW untrained: a call costs the same whatever
+# its weights)
 VARIANTS = {"rerank-neural": ("rerank", {"features": "knn,rules,repeat,neural", "neural_epochs": 0})}
 
 

@@ -13,9 +13,10 @@ between batches, and requests keep the model that encoded them.
 
 Models with incremental inference (GRU4Rec's `step`) keep each session's hidden state in a bounded LRU cache
 beside the table, keyed by session id and the number of clicks it has absorbed: the next click costs one
-look-up of that click's item and one GRU step (the rest of the history is not read). A miss (a restart, a rebalance, an evicted or out-of-step entry) rebuilds the state from the
-stored history, so the cache never changes an answer, only its cost. A swapped-in model starts with an
-empty cache: hidden states are never reused across models.
+look-up of that click's item and one GRU step (the rest of the history is not read). A miss (a restart, a
+rebalance, an evicted or out-of-step entry) rebuilds the state from the stored history, so the cache never
+changes an answer, only its cost. A swapped-in model starts with an empty cache: hidden states are never
+reused across models.
 """
 
 from __future__ import annotations
