@@ -222,10 +222,14 @@ class KnnReranker(Recommender):
         self.knn: SessionKnn | None = None
         self.neural: Recommender | None = None
         if "neural" in groups:
+            from model.lifecycle.experiment import epoch_field
             from model.models.zoo import model_class
 
             cls = model_class(self.params.neural_model)
-            self.neural = cls(vocab, dataclasses.replace(cls.Params(), epochs=self.params.neural_epochs))
+            params = cls.Params()
+            if field := epoch_field(params):  # `epochs`, or GRU4Rec's `n_epochs`
+                params = dataclasses.replace(params, **{field: self.params.neural_epochs})
+            self.neural = cls(vocab, params)
 
     # -- the index: kNN, rules, popularity --------------------------------------------------------------
     def _index(self, sessions: Sessions) -> None:

@@ -235,3 +235,11 @@ def test_the_trainer_warm_starts_its_neural_part(with_neural, tiny_data: Session
         with_neural.neural.state_tensors()
     )
     assert candidate.neural is not None and candidate.neural.n_items == with_neural.n_items + 1
+
+
+def test_the_neural_group_takes_any_neural_model(tiny_data: SessionData):
+    """GRU4Rec counts its epochs in `n_epochs`: the group sets whichever field the model has."""
+    model = make_model(
+        "rerank", tiny_data, sets={"features": "knn,neural", "neural_model": "gru4rec", "neural_epochs": 1}
+    )
+    assert model.neural is not None and model.neural.params.n_epochs == 1
