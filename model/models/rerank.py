@@ -116,7 +116,7 @@ class RerankParams:
     features: str = "knn,rules,repeat"  # feature groups in use (ablations)
     neural_model: str = "mtaw"  # the "neural" group's model: it proposes candidates and scores every one
     neural_candidates: int = 50  # its best items proposed per session
-    neural_epochs: int = 1  # its training epochs (on the index's sessions, then again on all)
+    neural_epochs: int = 1  # its training epochs (on the index's sessions, then again over the held-out ones)
     seed: int = 42
 
 
@@ -446,7 +446,7 @@ class KnnReranker(Recommender):
         self.net.eval()
         self._index(train)
         if self.neural is not None:
-            # trained again, continuing, on every session: the newest are most like what it will serve
+            # trained on, warm, over the held-out newest sessions: the most like what it will serve
             history["neural"] = [neural_history, self.neural.fit(held, None, progress=progress)]
         return history
 
