@@ -116,7 +116,7 @@ class RerankParams:
     features: str = "knn,rules,repeat"  # feature groups in use (ablations)
     neural_model: str = "mtaw"  # the "neural" group's model: it proposes candidates and scores every one
     neural_candidates: int = 50  # its best items proposed per session
-    neural_epochs: int = 1  # its training epochs (on the index's sessions, then again over the held-out ones)
+    neural_epochs: int = 4  # at most, on the index's sessions: the epoch is chosen on the scorer's samples
     seed: int = 42
 
 
@@ -174,6 +174,13 @@ def _lookup(keys: np.ndarray, values: np.ndarray, wanted: np.ndarray) -> np.ndar
     return np.where(keys[at] == wanted, values[at], 0.0).astype(np.float32)
 
 
+def _session_of(sessions: Sessions, samples: Samples, j: int) -> int:
+    """The session (index) sample j's label belongs to; len(sessions) past the last sample."""
+    if j >= len(samples):
+        return len(sessions)
+    return int(np.searchsorted(sessions.offsets, samples.ends[j], side="right")) - 1
+
+
 def _in_use(feature: str, groups: set[str]) -> bool:
     """Whether the scorer reads a feature: those of no group (popularity, session length) always."""
     return all(g in groups for g, names in GROUPS.items() if feature in names)
@@ -229,6 +236,8 @@ class KnnReranker(Recommender):
             params = cls.Params()
             if field := epoch_field(params):  # `epochs`, or GRU4Rec's `n_epochs`
                 params = dataclasses.replace(params, **{field: self.params.neural_epochs})
+            if hasattr(params, "patience"):  # one epoch without gain ends it: each costs minutes
+                params = dataclasses.replace(params, patience=1)
             self.neural = cls(vocab, params)
 
     # -- the index: kNN, rules, popularity --------------------------------------------------------------
@@ -405,10 +414,17 @@ class KnnReranker(Recommender):
         t0 = time.perf_counter()
         older, held = split_last(train, p.rerank_fraction)
         self._index(older)
-        neural_history = self.neural.fit(older, None, progress=progress) if self.neural is not None else None
         samples = prefix_samples(held)
+        n_chunks = -(-len(samples) // p.batch_size)
+        n_dev = max(1, round(n_chunks * p.dev_fraction)) if n_chunks > 1 else 0
+        dev_start = (n_chunks - n_dev) * p.batch_size
+        # the held-out sessions none of whose samples is in dev (the session dev starts in is left out)
+        held_learn = held.select(np.arange(_session_of(held, samples, dev_start)))
+        neural_history = None
+        if self.neural is not None:
+            valid = prefix_samples(held_learn) if self.neural.uses_validation and len(held_learn) else None
+            neural_history = self.neural.fit(older, valid, progress=progress)
         chunks = self._featurise(samples, progress)
-        n_dev = max(1, round(len(chunks) * p.dev_fraction)) if len(chunks) > 1 else 0
         learn, dev = chunks[: len(chunks) - n_dev], chunks[len(chunks) - n_dev :]
         history: dict[str, Any] = {
             "scorer_samples": len(samples),
@@ -444,11 +460,50 @@ class KnnReranker(Recommender):
         if best_state is not None:
             self.net.load_state_dict(best_state)
         self.net.eval()
-        self._index(train)
         if self.neural is not None:
-            # trained on, warm, over the held-out newest sessions: the most like what it will serve
-            history["neural"] = [neural_history, self.neural.fit(held, None, progress=progress)]
+            history["neural"] = {"older": neural_history}
+            history["neural"].update(
+                self._last_pass(
+                    held, held_learn, samples.select(np.arange(dev_start, len(samples))), progress
+                )
+            )
+        self._index(train)
         return history
+
+    def _last_pass(
+        self, held: Sessions, held_learn: Sessions, dev: Samples, progress: bool
+    ) -> dict[str, Any]:
+        """One more epoch of the neural model, warm, over the held-out newest sessions (the most like what it
+        will serve), if dev says it helps: the epoch is tried on the held-out sessions outside dev first, and
+        dev scored with the scorer as trained (on the features of the model before the pass) both ways."""
+        assert self.neural is not None
+        if not len(dev) or not len(held_learn):
+            return {"last_pass": False}
+        before_state = {k: v.detach().clone() for k, v in self.neural.state_tensors().items()}
+        before = self._dev_metrics(self._featurise(dev, progress))
+        self._neural_epoch(held_learn, progress)
+        after = self._dev_metrics(self._featurise(dev, progress))
+        self.neural.load_state_tensors(before_state)
+        record: dict[str, Any] = {
+            "dev_before_pass": before,
+            "dev_after_pass": after,
+            "last_pass": sum(after) > sum(before),
+        }
+        if record["last_pass"]:
+            record["pass"] = self._neural_epoch(held, progress)
+        return record
+
+    def _neural_epoch(self, sessions: Sessions, progress: bool) -> dict[str, Any]:
+        """One epoch of the neural model over `sessions`, warm, without validation."""
+        from model.lifecycle.experiment import epoch_field
+
+        assert self.neural is not None
+        params = self.neural.params
+        self.neural.params = dataclasses.replace(params, **{epoch_field(params): 1})
+        try:
+            return self.neural.fit(sessions, None, progress=progress)
+        finally:
+            self.neural.params = params
 
     def _featurise(self, samples: Samples, progress: bool) -> list[tuple[Candidates, np.ndarray]]:
         chunks = []

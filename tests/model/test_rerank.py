@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model.data.dataset import SessionData
-from model.data.sessions import Sessions
+from model.data.sessions import Sessions, prefix_samples, split_last
 from model.errors import UserError
 from model.lifecycle.checkpoint import load_checkpoint, save_checkpoint
 from model.lifecycle.experiment import evaluate_model, fit_model, make_model
@@ -243,3 +243,39 @@ def test_the_neural_group_takes_any_neural_model(tiny_data: SessionData):
         "rerank", tiny_data, sets={"features": "knn,neural", "neural_model": "gru4rec", "neural_epochs": 1}
     )
     assert model.neural is not None and model.neural.params.n_epochs == 1
+
+
+def test_the_neural_last_pass_is_checked_on_dev_without_training_on_it(tiny_data: SessionData):
+    """The neural model picks its epochs on the scorer's samples outside dev, the trial of the last pass trains
+    on none of dev's sessions, and the pass is kept exactly when dev's Recall@20 + MRR@20 rose with it (else
+    the weights are those from before the trial)."""
+    model = make_model("rerank", tiny_data, sets={**FAST, "features": "knn,rules,repeat,neural"})
+    assert model.neural is not None
+    calls: list[tuple[Sessions, object, dict[str, torch.Tensor]]] = []
+    fit = model.neural.fit
+
+    def recorded(sessions, valid=None, *, progress=False):
+        history = fit(sessions, valid, progress=progress)
+        calls.append((sessions, valid, {k: v.clone() for k, v in model.neural.state_tensors().items()}))
+        return history
+
+    model.neural.fit = recorded
+    history = fit_model(model, tiny_data)["neural"]
+    older, held = split_last(tiny_data.train, model.params.rerank_fraction)
+    samples = prefix_samples(held)
+    n_chunks = -(-len(samples) // model.params.batch_size)
+    dev_start = (n_chunks - round(n_chunks * model.params.dev_fraction)) * model.params.batch_size
+    first_dev_session_starts = samples.starts[dev_start]
+
+    (sessions, valid, after_older), (trial, _, _) = calls[:2]
+    assert np.array_equal(sessions.items, older.items)
+    assert valid is not None and len(valid) and valid.ends.max() < first_dev_session_starts
+    assert 0 < len(trial) < len(held) and trial.offsets[-1] <= first_dev_session_starts
+    assert np.array_equal(trial.items, held.items[: trial.offsets[-1]])
+    assert history["last_pass"] == (sum(history["dev_after_pass"]) > sum(history["dev_before_pass"]))
+    if history["last_pass"]:
+        assert len(calls) == 3 and np.array_equal(calls[2][0].items, held.items)
+    else:
+        assert len(calls) == 2
+        for key, value in model.neural.state_tensors().items():
+            assert torch.equal(value, after_older[key]), key
