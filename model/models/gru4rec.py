@@ -46,6 +46,7 @@ from model.metrics import evaluate
 from model.models.base import Recommender
 from model.models.layers import Bf16Scoring
 from model.training.optim import AdagradM
+from model.training.progress import report_epoch
 from model.training.runtime import tune_malloc
 
 LOSSES = ("cross-entropy", "bpr-max", "top1-max", "bpr", "top1")
@@ -320,10 +321,7 @@ class GRU4RecRecommender(Recommender):
                 record.update({"valid_recall@20": m["recall@20"], "valid_mrr@20": m["mrr@20"]})
             history["epochs"].append(record)
             if progress:
-                tqdm.write(
-                    f"gru4rec epoch {epoch}: "
-                    + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
-                )
+                report_epoch("gru4rec", record)
         return history
 
     def _epoch(

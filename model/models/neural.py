@@ -27,6 +27,7 @@ from model.metrics import evaluate
 from model.models.base import Recommender
 from model.models.layers import pad_sessions, pad_windows
 from model.training import distributed
+from model.training.progress import report_epoch
 from model.training.runtime import tune_malloc
 
 
@@ -111,10 +112,7 @@ class NeuralRecommender(Recommender):
                     stale += 1
             history["epochs"].append(record)
             if progress:
-                tqdm.write(
-                    f"{self.name} epoch {epoch}: "
-                    + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
-                )
+                report_epoch(self.name, record)
             if stale >= p.patience:
                 break
         if best_state is not None:

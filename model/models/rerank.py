@@ -40,13 +40,16 @@ model over the model's first choice's (`neural`, 1 for the first choice) and the
 (`neural_gap`). The kNN's evidence is co-occurrence; MTAW's is what its attention learnt from whole
 sequences, which the neighbourhoods do not hold (on Diginetica the next item was among the candidates for
 71 % of dev samples without it, 76 % with its 50). For the scorer's samples it is trained like the index,
-on the older sessions only (`neural_epochs`, one by default, without early stopping); afterwards it trains
-on, warm, for as many epochs over the held-out newest sessions, as the index is rebuilt on all (the same
-reason the neural models refit on all: the newest sessions are most like what it will serve). That last
-pass is the one choice dev cannot check (dev is among those sessions): on Diginetica one epoch of it was
-worth about +0.6 test Recall@20, while `neural_epochs=3` raised dev by 1.5 and lost 1.2 on test (three
-epochs over a tenth of the sessions likely over-fit them; BENCHMARKS.md). The default stays one, as it
-was before that run; a final pass that dev can check (one leaving the dev sessions out) is still to do.
+on the older sessions only, its epoch chosen (at most `neural_epochs`, stopping at the first epoch without
+gain) on the held-out samples that train the scorer, never on dev's. Then one more epoch, warm, over the
+held-out newest sessions, as the index is rebuilt on all (the reason the neural models refit on all: the
+newest sessions are most like what it will serve), if dev says so: the epoch is tried first over the
+held-out sessions none of whose samples is in dev, dev is scored with the scorer as trained both before
+and after the trial, and the pass is made over all the held-out sessions only when Recall@20 + MRR@20
+rose (else the model stays as the older sessions left it). Before this check the pass was always made,
+with as many epochs as the older sessions got: with three, dev rose by 1.5 and test fell by 1.2 on
+Diginetica, which dev could not see (BENCHMARKS.md).
+
 Its cost is a neural model's training and, per call, its scoring of every item: not the default, where
 the 15 ms call of issue #17 rules it out (BENCHMARKS.md). Its float32 scores round differently with
 the batch's shape, so with it a session's list can differ in near-ties between batches.
@@ -74,6 +77,7 @@ from model.data.vocab import ItemVocab
 from model.metrics import RankAccumulator
 from model.models.base import Recommender
 from model.models.knn import KnnParams, SessionKnn, top_k_per_row
+from model.training.progress import report_epoch
 
 FEATURES = (
     "knn",
@@ -454,7 +458,7 @@ class KnnReranker(Recommender):
                     stale += 1
             history["epochs"].append(record)
             if progress:
-                tqdm.write(f"rerank epoch {epoch}: {record}")
+                report_epoch("rerank", record)
             if stale >= p.patience:
                 break
         if best_state is not None:

@@ -57,6 +57,31 @@ def test_eval_on_data_with_another_vocabulary_counts_unknowns_as_misses(tmp_path
     assert result["recall@20"] == pytest.approx(kept["recall@20"] * len(mapped.test) / len(data.test))
 
 
+def test_train_reports_its_epochs_on_stderr(tmp_path):
+    """Progress (bars and epoch lines) goes to stderr: stdout holds what the command says it prints, the
+    checkpoint, the figures and, with `--json`, one JSON object as its last line (CONTRACT.md)."""
+    argv = [
+        "train",
+        "--model",
+        "mtaw",
+        "--data",
+        "synthetic:600",
+        "--epochs",
+        "2",
+        "--out",
+        str(tmp_path / "ck"),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream.cli", *argv, "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["model"] == "mtaw"
+    assert "mtaw epoch" not in proc.stdout
+    assert "mtaw epoch 1:" in proc.stderr and "mtaw epoch 2:" in proc.stderr
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
