@@ -41,14 +41,15 @@ model over the model's first choice's (`neural`, 1 for the first choice) and the
 sequences, which the neighbourhoods do not hold (on Diginetica the next item was among the candidates for
 71 % of dev samples without it, 76 % with its 50). For the scorer's samples it is trained like the index,
 on the older sessions only, its epoch chosen (at most `neural_epochs`, stopping at the first epoch without
-gain) on the held-out samples that train the scorer, never on dev's. Then one more epoch, warm, over the
-held-out newest sessions, as the index is rebuilt on all (the reason the neural models refit on all: the
-newest sessions are most like what it will serve), if dev says so: the epoch is tried first over the
-held-out sessions none of whose samples is in dev, dev is scored with the scorer as trained both before
-and after the trial, and the pass is made over all the held-out sessions only when Recall@20 + MRR@20
-rose (else the model stays as the older sessions left it). Before this check the pass was always made,
-with as many epochs as the older sessions got: with three, dev rose by 1.5 and test fell by 1.2 on
-Diginetica, which dev could not see (BENCHMARKS.md).
+gain) on the held-out samples that train the scorer, never on dev's. Then more epochs, warm, at the rate
+its kept epoch trained at, over the held-out newest sessions, as the index is rebuilt on all (the reason the
+neural models refit on all: the newest sessions are most like what it will serve), as many as dev says
+help: they are tried one by one over the held-out sessions none of whose samples is in dev, dev is scored
+after each with the scorer as trained, and the first one without gain in Recall@20 + MRR@20 ends the
+trial; the model then makes the epochs that helped over all the held-out sessions, from its state before
+the trial. Before this check one such pass was always made, at MTAW's first rate, with as many epochs as the
+older sessions got: with three, dev rose by 1.5 and test fell by 1.2 on Diginetica, which dev could not
+see (BENCHMARKS.md).
 
 Its cost is a neural model's training and, per call, its scoring of every item: not the default, where
 the 15 ms call of issue #17 rules it out (BENCHMARKS.md). Its float32 scores round differently with
@@ -120,7 +121,9 @@ class RerankParams:
     features: str = "knn,rules,repeat"  # feature groups in use (ablations)
     neural_model: str = "mtaw"  # the "neural" group's model: it proposes candidates and scores every one
     neural_candidates: int = 50  # its best items proposed per session
-    neural_epochs: int = 4  # at most, on the index's sessions: the epoch is chosen on the scorer's samples
+    neural_epochs: int = (
+        4  # at most, on the index's sessions (chosen on the scorer's samples), and after (dev)
+    )
     seed: int = 42
 
 
@@ -183,6 +186,14 @@ def _session_of(sessions: Sessions, samples: Samples, j: int) -> int:
     if j >= len(samples):
         return len(sessions)
     return int(np.searchsorted(sessions.offsets, samples.ends[j], side="right")) - 1
+
+
+def _kept_rate(history: dict[str, Any] | None) -> float | None:
+    """The learning rate the epoch a model kept trained at, where its history records one (step decay)."""
+    epochs = (history or {}).get("epochs") or []
+    if not epochs:
+        return None
+    return epochs[(history.get("best_epoch") or len(epochs)) - 1].get("lr")
 
 
 def _in_use(feature: str, groups: set[str]) -> bool:
@@ -466,44 +477,50 @@ class KnnReranker(Recommender):
         self.net.eval()
         if self.neural is not None:
             history["neural"] = {"older": neural_history}
-            history["neural"].update(
-                self._last_pass(
-                    held, held_learn, samples.select(np.arange(dev_start, len(samples))), progress
-                )
-            )
+            dev_samples = samples.select(np.arange(dev_start, len(samples)))
+            lr = _kept_rate(neural_history)
+            history["neural"].update(self._last_pass(held, held_learn, dev_samples, lr, progress))
         self._index(train)
         return history
 
     def _last_pass(
-        self, held: Sessions, held_learn: Sessions, dev: Samples, progress: bool
+        self, held: Sessions, held_learn: Sessions, dev: Samples, lr: float | None, progress: bool
     ) -> dict[str, Any]:
-        """One more epoch of the neural model, warm, over the held-out newest sessions (the most like what it
-        will serve), if dev says it helps: the epoch is tried on the held-out sessions outside dev first, and
-        dev scored with the scorer as trained (on the features of the model before the pass) both ways."""
+        """More epochs of the neural model, warm, at the learning rate `lr` its kept epoch trained at, over the
+        held-out newest sessions (the most like what it will serve), as many as dev says help: epochs are
+        tried one by one over the held-out sessions outside dev, dev is scored after each with the scorer as
+        trained (on the features of the model before them), and the trial stops at the first epoch that does
+        not raise dev's Recall@20 + MRR@20 (at most `neural_epochs`). The model then goes back to its state
+        before the trial and makes the epochs that helped over all the held-out sessions. (At MTAW's first
+        rate, 1e-3, after its 1e-4 epochs, one epoch lost 1.3 points of dev MRR@20 on Diginetica.)"""
         assert self.neural is not None
+        record: dict[str, Any] = {"pass_epochs": 0}
         if not len(dev) or not len(held_learn):
-            return {"last_pass": False}
+            return record
         before_state = {k: v.detach().clone() for k, v in self.neural.state_tensors().items()}
-        before = self._dev_metrics(self._featurise(dev, progress))
-        self._neural_epoch(held_learn, progress)
-        after = self._dev_metrics(self._featurise(dev, progress))
+        best = self._dev_metrics(self._featurise(dev, progress))
+        record.update({"dev_before_pass": best, "dev_after_epoch": []})
+        for epoch in range(1, self.params.neural_epochs + 1):
+            self._neural_epoch(held_learn, lr, progress)
+            after = self._dev_metrics(self._featurise(dev, progress))
+            record["dev_after_epoch"].append(after)
+            if sum(after) <= sum(best):
+                break
+            best, record["pass_epochs"] = after, epoch
         self.neural.load_state_tensors(before_state)
-        record: dict[str, Any] = {
-            "dev_before_pass": before,
-            "dev_after_pass": after,
-            "last_pass": sum(after) > sum(before),
-        }
-        if record["last_pass"]:
-            record["pass"] = self._neural_epoch(held, progress)
+        record["pass"] = [self._neural_epoch(held, lr, progress) for _ in range(record["pass_epochs"])]
         return record
 
-    def _neural_epoch(self, sessions: Sessions, progress: bool) -> dict[str, Any]:
-        """One epoch of the neural model over `sessions`, warm, without validation."""
+    def _neural_epoch(self, sessions: Sessions, lr: float | None, progress: bool) -> dict[str, Any]:
+        """One epoch of the neural model over `sessions`, warm, without validation (at `lr` if given)."""
         from model.lifecycle.experiment import epoch_field
 
         assert self.neural is not None
         params = self.neural.params
-        self.neural.params = dataclasses.replace(params, **{epoch_field(params): 1})
+        changes: dict[str, Any] = {epoch_field(params): 1}
+        if lr is not None and hasattr(params, "lr"):
+            changes["lr"] = lr
+        self.neural.params = dataclasses.replace(params, **changes)
         try:
             return self.neural.fit(sessions, None, progress=progress)
         finally:

@@ -247,16 +247,18 @@ def test_the_neural_group_takes_any_neural_model(tiny_data: SessionData):
 
 def test_the_neural_last_pass_is_checked_on_dev_without_training_on_it(tiny_data: SessionData):
     """The neural model picks its epochs on the scorer's samples outside dev, the trial of the last pass trains
-    on none of dev's sessions, and the pass is kept exactly when dev's Recall@20 + MRR@20 rose with it (else
-    the weights are those from before the trial)."""
+    on none of dev's sessions at the kept epoch's learning rate, and the pass makes over all held-out sessions
+    exactly the epochs that raised dev's Recall@20 + MRR@20 one after another (none: the weights from before
+    the trial)."""
     model = make_model("rerank", tiny_data, sets={**FAST, "features": "knn,rules,repeat,neural"})
     assert model.neural is not None
-    calls: list[tuple[Sessions, object, dict[str, torch.Tensor]]] = []
+    calls: list[tuple[Sessions, object, dict[str, torch.Tensor], float]] = []
     fit = model.neural.fit
 
     def recorded(sessions, valid=None, *, progress=False):
+        lr = model.neural.params.lr  # as the call found it
         history = fit(sessions, valid, progress=progress)
-        calls.append((sessions, valid, {k: v.clone() for k, v in model.neural.state_tensors().items()}))
+        calls.append((sessions, valid, {k: v.clone() for k, v in model.neural.state_tensors().items()}, lr))
         return history
 
     model.neural.fit = recorded
@@ -267,15 +269,21 @@ def test_the_neural_last_pass_is_checked_on_dev_without_training_on_it(tiny_data
     dev_start = (n_chunks - round(n_chunks * model.params.dev_fraction)) * model.params.batch_size
     first_dev_session_starts = samples.starts[dev_start]
 
-    (sessions, valid, after_older), (trial, _, _) = calls[:2]
+    (sessions, valid, after_older, _), (trial, _, _, trial_lr) = calls[:2]
+    older_epochs = history["older"]["epochs"]
+    assert trial_lr == older_epochs[history["older"]["best_epoch"] - 1]["lr"]
+    assert all(lr == trial_lr for *_, lr in calls[1:])
     assert np.array_equal(sessions.items, older.items)
     assert valid is not None and len(valid) and valid.ends.max() < first_dev_session_starts
     assert 0 < len(trial) < len(held) and trial.offsets[-1] <= first_dev_session_starts
     assert np.array_equal(trial.items, held.items[: trial.offsets[-1]])
-    assert history["last_pass"] == (sum(history["dev_after_pass"]) > sum(history["dev_before_pass"]))
-    if history["last_pass"]:
-        assert len(calls) == 3 and np.array_equal(calls[2][0].items, held.items)
-    else:
-        assert len(calls) == 2
+    tried = history["dev_after_epoch"]
+    sums = [sum(history["dev_before_pass"])] + [sum(m) for m in tried]
+    rising = next((i for i in range(len(tried)) if sums[i + 1] <= sums[i]), len(tried))
+    assert history["pass_epochs"] == rising and len(tried) == min(rising + 1, model.params.neural_epochs)
+    assert all(np.array_equal(t.items, trial.items) for t, *_ in calls[1 : 1 + len(tried)])
+    made = calls[1 + len(tried) :]
+    assert len(made) == rising and all(np.array_equal(t.items, held.items) for t, *_ in made)
+    if not made:  # back to the weights from before the trial
         for key, value in model.neural.state_tensors().items():
             assert torch.equal(value, after_older[key]), key
