@@ -121,9 +121,7 @@ class RerankParams:
     features: str = "knn,rules,repeat"  # feature groups in use (ablations)
     neural_model: str = "mtaw"  # the "neural" group's model: it proposes candidates and scores every one
     neural_candidates: int = 50  # its best items proposed per session
-    neural_epochs: int = (
-        4  # at most, on the index's sessions (chosen on the scorer's samples), and after (dev)
-    )
+    neural_epochs: int = 4  # at most: on the older sessions (early stopping), and in the last pass (dev)
     seed: int = 42
 
 

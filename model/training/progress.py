@@ -1,7 +1,7 @@
 """Progress lines while a model trains.
 
-They go to stderr with the progress bars: stdout carries a command's result (`nextclick train --json`
-prints one JSON object there, for a pipe to read)."""
+They go to stderr with the progress bars: stdout carries what a command prints as its result (with
+`--json`, one JSON object as its last line, for a pipe to read)."""
 
 from __future__ import annotations
 
