@@ -477,27 +477,36 @@ class KnnReranker(Recommender):
             history["neural"] = {"older": neural_history}
             dev_samples = samples.select(np.arange(dev_start, len(samples)))
             lr = _kept_rate(neural_history)
-            history["neural"].update(self._last_pass(held, held_learn, dev_samples, lr, progress))
+            kept = history["epochs"][history["best_epoch"] - 1] if history["best_epoch"] else None
+            before = (kept["dev_recall@20"], kept["dev_mrr@20"]) if kept else None
+            history["neural"].update(self._last_pass(held, held_learn, dev_samples, before, lr, progress))
         self._index(train)
         return history
 
     def _last_pass(
-        self, held: Sessions, held_learn: Sessions, dev: Samples, lr: float | None, progress: bool
+        self,
+        held: Sessions,
+        held_learn: Sessions,
+        dev: Samples,
+        before: tuple[float, float] | None,
+        lr: float | None,
+        progress: bool,
     ) -> dict[str, Any]:
         """More epochs of the neural model, warm, at the learning rate `lr` its kept epoch trained at, over the
         held-out newest sessions (the most like what it will serve), as many as dev says help: epochs are
         tried one by one over the held-out sessions outside dev, dev is scored after each with the scorer as
         trained (on the features of the model before them), and the trial stops at the first epoch that does
-        not raise dev's Recall@20 + MRR@20 (at most `neural_epochs`). The model then goes back to its state
-        before the trial and makes the epochs that helped over all the held-out sessions. (At MTAW's first
-        rate, 1e-3, after its 1e-4 epochs, one epoch lost 1.3 points of dev MRR@20 on Diginetica.)"""
+        not raise dev's Recall@20 + MRR@20 (at most `neural_epochs`), starting from `before`, the scorer's
+        dev figures at the epoch it kept. The model then goes back to its state before the trial and makes
+        the epochs that helped over all the held-out sessions. (At MTAW's first rate, 1e-3, after its 1e-4
+        epochs, one epoch lost 1.3 points of dev MRR@20 on Diginetica.)"""
         assert self.neural is not None
         record: dict[str, Any] = {"pass_epochs": 0}
-        if not len(dev) or not len(held_learn):
+        if before is None or not len(held_learn):
             return record
         before_state = {k: v.detach().clone() for k, v in self.neural.state_tensors().items()}
-        best = self._dev_metrics(self._featurise(dev, progress))
-        record.update({"dev_before_pass": best, "dev_after_epoch": []})
+        best = before
+        record.update({"dev_before_pass": before, "dev_after_epoch": []})
         for epoch in range(1, self.params.neural_epochs + 1):
             self._neural_epoch(held_learn, lr, progress)
             after = self._dev_metrics(self._featurise(dev, progress))
