@@ -35,11 +35,18 @@ from model.data.dataset import SessionData
 from model.data.load import load_data
 from model.lifecycle.experiment import fit_model, make_model
 from model.models.layers import Bf16Scoring
+from model.training.runtime import tune_malloc
 
 NEURAL = {"srgnn", "gru4rec", "mtaw"}
 # named variants: model, settings (the neural group's MTAW untrained: a call costs the same whatever
 # its weights)
-VARIANTS = {"rerank-neural": ("rerank", {"features": "knn,rules,repeat,neural", "neural_epochs": 0})}
+VARIANTS = {
+    "rerank-neural": ("rerank", {"features": "knn,rules,repeat,neural", "neural_epochs": 0}),
+    "rerank-neural-items": (
+        "rerank",
+        {"features": "knn,rules,repeat,neural", "neural_epochs": 0, "neural_candidates": 0},
+    ),
+}
 
 
 def main() -> None:
@@ -51,7 +58,7 @@ def main() -> None:
     ap.add_argument("--items", type=int, nargs="+", default=[0], help="catalogue sizes (0: the data's own)")
     ap.add_argument("--bf16", action="store_true", help="neural models score in bfloat16")
     args = ap.parse_args()
-
+    tune_malloc()  # as the worker does (`stream.worker.inference.load_served`)
     data = load_data(args.data)
     prefixes = data.test.prefixes(range(min(len(data.test), args.sessions * (args.calls + 10))))
     batches = [prefixes[i : i + args.sessions] for i in range(0, len(prefixes), args.sessions)]

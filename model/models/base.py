@@ -49,6 +49,14 @@ class Recommender:
         """Scores (B, n_items + 1) for the next item of each session; column 0 (padding) is ignored."""
         raise NotImplementedError
 
+    def score_items(
+        self, sessions: Sequence[np.ndarray], rows: np.ndarray, items: np.ndarray
+    ) -> torch.Tensor:
+        """The score `score` gives item items[j] after session sessions[rows[j]], for every j: models that
+        can score a few items without scoring all of them override it."""
+        with torch.inference_mode():
+            return self.score(sessions)[torch.from_numpy(rows), torch.from_numpy(items)].cpu()
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {}
 

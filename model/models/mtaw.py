@@ -127,6 +127,13 @@ class MTAW(Bf16Scoring, nn.Module):
         logits[:, 0] = -torch.inf
         return logits
 
+    def score_items(self, seq: torch.Tensor, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """forward's scores of items[j] for session rows[j] only: d multiplications each instead of a
+        product with every item (the rerank's neural group scores its few hundred candidates a session)."""
+        o = F.normalize(self.session_vector(seq), dim=-1)
+        e = F.normalize(self.embedding(items), dim=-1)
+        return (o[rows] * e).sum(dim=-1) * self.p.scale
+
     def loss(self, seq: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return aw_loss(self(seq), labels, self.p.gamma)
 

@@ -174,6 +174,18 @@ class NeuralRecommender(Recommender):
         self.net.eval()
         return self.net(pad_sessions(sessions, self.max_len).to(self.device))
 
+    @torch.inference_mode()
+    def score_items(
+        self, sessions: Sequence[np.ndarray], rows: np.ndarray, items: np.ndarray
+    ) -> torch.Tensor:
+        item_scores = getattr(self.net, "score_items", None)
+        if item_scores is None:
+            return super().score_items(sessions, rows, items)
+        self.net.eval()
+        seq = pad_sessions(sessions, self.max_len).to(self.device)
+        rows_t, items_t = (torch.from_numpy(a).to(self.device) for a in (rows, items))
+        return item_scores(seq, rows_t, items_t).cpu()
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return dict(self.net.state_dict())
 

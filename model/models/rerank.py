@@ -52,8 +52,13 @@ older sessions got: with three, dev rose by 1.5 and test fell by 1.2 on Digineti
 see (BENCHMARKS.md).
 
 Its cost is a neural model's training and, per call, its scoring of every item: not the default, where
-the 15 ms call of issue #17 rules it out (BENCHMARKS.md). Its float32 scores round differently with
-the batch's shape, so with it a session's list can differ in near-ties between batches.
+the 15 ms call of issue #17 rules it out (BENCHMARKS.md). With `neural_candidates=0` the model proposes
+nothing and scores the other sources' candidates only (MTAW: its session vector against a few hundred
+item vectors, not 40k), each one's feature taken against the best candidate's instead of its own first
+choice's: on Diginetica 55.78 / 20.58 against 56.06 / 20.55 (Recall@20 / MRR@20, test; dev before the
+last pass 54.78 / 20.99 against 55.54 / 21.10) for a call of about 20 ms instead of 35 (BENCHMARKS.md).
+Its float32 scores round differently with the batch's shape, so with it a session's list can differ in
+near-ties between batches.
 
 Device: the CPU, whatever `--device` says. The work is sparse index look-ups and a 13 -> 64 -> 64 -> 1 MLP
 over a few hundred candidates a session; a GPU would only add copies.
@@ -120,7 +125,7 @@ class RerankParams:
     dev_fraction: float = 0.2  # newest share of those samples choosing the epoch
     features: str = "knn,rules,repeat"  # feature groups in use (ablations)
     neural_model: str = "mtaw"  # the "neural" group's model: it proposes candidates and scores every one
-    neural_candidates: int = 50  # its best items proposed per session
+    neural_candidates: int = 50  # its best items proposed per session; 0: it scores the others' only
     neural_epochs: int = 4  # at most: on the older sessions (early stopping), and in the last pass (dev)
     seed: int = 42
 
@@ -192,6 +197,22 @@ def _kept_rate(history: dict[str, Any] | None) -> float | None:
     if not epochs:
         return None
     return epochs[(history.get("best_epoch") or len(epochs)) - 1].get("lr")
+
+
+def _sorted_unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """np.unique(keys, return_index=True, return_counts=True) for keys already sorted: numpy's own hashes
+    or sorts again (2 ms of a 20 ms call for ~15k candidate keys, against 0.5 ms for a sort)."""
+    first = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.empty(0, np.int64)
+    return keys[first], first, np.diff(np.r_[first, len(keys)])
+
+
+def _row_max(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """Each row's largest value (-inf for a row without any); rows sorted."""
+    out = np.full(n, -np.inf, dtype=values.dtype)
+    present, starts, _ = _sorted_unique(rows)
+    if len(starts):
+        out[present] = np.maximum.reduceat(values, starts)
+    return out
 
 
 def _in_use(feature: str, groups: set[str]) -> bool:
@@ -284,7 +305,8 @@ class KnnReranker(Recommender):
             rules2 = _scaled_entries(self.rules[second_last], width)  # row 0 (padding) is empty
         else:
             rules = markov = rules2 = empty
-        if self.neural is not None:
+        proposes = self.neural is not None and self.params.neural_candidates > 0
+        if proposes:
             with torch.inference_mode():
                 logits = self.neural.score(sessions).float()
                 logits[:, 0] = -torch.inf
@@ -298,7 +320,7 @@ class KnnReranker(Recommender):
         keys = rows * width + flat
         position = np.arange(len(flat)) - np.repeat(ends - lengths, lengths)  # 0-based within its session
         order = np.lexsort((position, keys))
-        own, first, count = np.unique(keys[order], return_index=True, return_counts=True)
+        own, first, count = _sorted_unique(keys[order])
         latest = position[order][first + count - 1]
         distance = lengths[own // width] - latest  # 1 = the last click
         repeat = "repeat" in self.groups
@@ -309,9 +331,9 @@ class KnnReranker(Recommender):
         ]
         if repeat:
             proposed.append(own)
-        if self.neural is not None:
+        if proposes:
             proposed.append(neural_keys)
-        cand = np.unique(np.concatenate(proposed))
+        cand = _sorted_unique(np.sort(np.concatenate(proposed)))[0]
         cand = cand[cand % width != 0]
         crow = cand // width
         citem = cand % width
@@ -337,7 +359,11 @@ class KnnReranker(Recommender):
             "repeat_share": (1.0 - distinct / lengths)[crow].astype(np.float32),
         }
         if self.neural is not None:
-            g = logits[crow, citem] - best_logit[crow]  # each one's log-probability less the first choice's
+            if proposes:  # each one's log-probability less the model's first choice's
+                g = logits[crow, citem] - best_logit[crow]
+            else:  # the candidates' scores only (no product with every item), less the best candidate's
+                logit = self.neural.score_items(sessions, crow, citem).float().numpy()
+                g = logit - _row_max(logit, crow, n)[crow]
             cols["neural"] = np.exp(g)
             cols["neural_gap"] = np.maximum(g / 10.0, -2.0)
         else:

@@ -3,6 +3,7 @@ evaluation changes nothing, its ablations switch what they say, and the trainer 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -198,6 +199,34 @@ def test_the_neural_group_proposes_and_scores(with_neural: KnnReranker, tiny_dat
             torch.softmax(logits[row], 0)[torch.from_numpy(items)] / torch.softmax(logits[row], 0).max()
         )
         np.testing.assert_allclose(neural, expected.numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_without_neural_candidates_it_scores_only_the_others(
+    with_neural: KnnReranker, tiny_data, monkeypatch
+):
+    """`neural_candidates=0`: MTAW proposes nothing and scores only the other sources' candidates, never
+    every item; each one's feature is its probability over the best candidate's (1 for that one)."""
+    sessions = tiny_data.test.prefixes(range(8))
+    logits = with_neural.neural.score(sessions).float()
+    monkeypatch.setattr(with_neural, "params", dataclasses.replace(with_neural.params, neural_candidates=0))
+    without = KnnReranker(
+        tiny_data.vocab, dataclasses.replace(with_neural.params, features="knn,rules,repeat")
+    )
+    without._index(Sessions(with_neural.session_offsets, with_neural.session_items))
+
+    def every_item(_):
+        raise AssertionError("scored every item")
+
+    monkeypatch.setattr(with_neural.neural, "score", every_item)
+    c = with_neural.candidates(sessions)
+    assert np.array_equal(c.items, without.candidates(sessions).items)
+    for row in range(len(sessions)):
+        items = torch.from_numpy(c.items[row][c.mask[row]])
+        neural = c.features[row][c.mask[row]][:, FEATURES.index("neural")]
+        expected = torch.exp(logits[row, items] - logits[row, items].max())
+        np.testing.assert_allclose(neural, expected.numpy(), rtol=1e-5, atol=1e-6)
+        assert neural.max() == 1.0
+    with_neural.recommend(sessions)
 
 
 def test_the_neural_group_sees_one_session_at_a_time(with_neural, tiny_data: SessionData, tmp_path: Path):
