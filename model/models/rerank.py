@@ -56,7 +56,8 @@ the 15 ms call of issue #17 rules it out (BENCHMARKS.md). With `neural_candidate
 nothing and scores the other sources' candidates only (MTAW: its session vector against a few hundred
 item vectors, not 40k), each one's feature taken against the best candidate's instead of its own first
 choice's: on Diginetica 55.78 / 20.58 against 56.06 / 20.55 (Recall@20 / MRR@20, test; dev before the
-last pass 54.78 / 20.99 against 55.54 / 21.10) for a call of about 20 ms instead of 35 (BENCHMARKS.md).
+last pass 54.78 / 20.99 against 55.54 / 21.10) for 1.25-1.35x the default's call instead of 2.2-2.7x
+(BENCHMARKS.md).
 Its float32 scores round differently with the batch's shape, so with it a session's list can differ in
 near-ties between batches.
 

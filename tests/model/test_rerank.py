@@ -229,11 +229,16 @@ def test_without_neural_candidates_it_scores_only_the_others(
     with_neural.recommend(sessions)
 
 
-def test_the_neural_group_sees_one_session_at_a_time(with_neural, tiny_data: SessionData, tmp_path: Path):
-    """Its checkpoint holds MTAW's weights too, and its metrics do not depend on order or batch size."""
+@pytest.mark.parametrize("neural_candidates", [50, 0])
+def test_the_neural_group_sees_one_session_at_a_time(
+    with_neural, tiny_data: SessionData, tmp_path: Path, neural_candidates: int
+):
+    """Its checkpoint holds MTAW's weights too, and its metrics do not depend on order or batch size, whether
+    MTAW proposes candidates or scores only the others' (each row's feature against its own best)."""
     model, _ = load_checkpoint(save_checkpoint(with_neural, tmp_path / "ck"))
     probe = tiny_data.test.prefixes(range(20))
     assert torch.equal(model.score(probe), with_neural.score(probe))
+    model.params = dataclasses.replace(model.params, neural_candidates=neural_candidates)
     test = tiny_data.test.select(np.arange(300))
     order = np.random.default_rng(0).permutation(len(test))
     runs = [
