@@ -131,7 +131,7 @@ class MTAW(Bf16Scoring, nn.Module):
         """forward's scores of items[j] for session rows[j] only: d multiplications each instead of a
         product with every item (the rerank's neural group scores its few hundred candidates a session)."""
         o = F.normalize(self.session_vector(seq), dim=-1)
-        e = F.normalize(self.embedding(items), dim=-1)
+        e = self.frozen_table(self.embedding.weight, normalize=True)[items]  # forward's normalised rows
         return (o[rows] * e).sum(dim=-1) * self.p.scale
 
     def loss(self, seq: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

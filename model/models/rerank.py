@@ -312,7 +312,6 @@ class KnnReranker(Recommender):
                 logits = self.neural.score(sessions).float()
                 logits[:, 0] = -torch.inf
                 top = torch.topk(logits, min(self.params.neural_candidates, self.n_items), dim=1)
-            best_logit = top.values[:, 0].numpy()  # log p(i) - log p(best) = logit(i) - logit(best)
             logits = logits.numpy()
             neural_keys = (np.arange(n)[:, None] * width + top.indices.numpy()).ravel()
 
@@ -360,11 +359,14 @@ class KnnReranker(Recommender):
             "repeat_share": (1.0 - distinct / lengths)[crow].astype(np.float32),
         }
         if self.neural is not None:
-            if proposes:  # each one's log-probability less the model's first choice's
-                g = logits[crow, citem] - best_logit[crow]
-            else:  # the candidates' scores only (no product with every item), less the best candidate's
-                logit = self.neural.score_items(sessions, crow, citem).float().numpy()
-                g = logit - _row_max(logit, crow, n)[crow]
+            # each one's log-probability less the best candidate's: log p(i) - log p(best) = logit(i) -
+            # logit(best); where the model proposes, its first choice is a candidate, so the best is that
+            logit = (
+                logits[crow, citem]
+                if proposes
+                else self.neural.score_items(sessions, crow, citem).float().numpy()  # no product with all
+            )
+            g = logit - _row_max(logit, crow, n)[crow]
             cols["neural"] = np.exp(g)
             cols["neural_gap"] = np.maximum(g / 10.0, -2.0)
         else:
