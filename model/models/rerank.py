@@ -173,6 +173,24 @@ def _scaled_entries(m: sp.csr_matrix, width: int) -> tuple[np.ndarray, np.ndarra
     return rows * width + m.indices, values.astype(np.float32)
 
 
+def _row_scaled(m: sp.csr_matrix) -> sp.csr_matrix:
+    """m (CSR, float32) with every row divided by its largest value, as `_scaled_entries` scales the rows it
+    is given: made once at indexing, so a call gathers the rows of its sessions' last clicks as they are."""
+    m = m.tocsr()
+    m.sort_indices()
+    _, values = _scaled_entries(m, m.shape[1])
+    return sp.csr_matrix((values, m.indices.copy(), m.indptr.copy()), shape=m.shape)
+
+
+def _gather_rows(m: sp.csr_matrix, rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row rows[j] of m as sorted keys j * width + column and its values, for every j: scipy's fancy row
+    indexing and a new matrix per call cost more than the look-up itself."""
+    starts = m.indptr[rows]
+    counts = m.indptr[rows + 1] - starts
+    at = np.arange(int(counts.sum())) + np.repeat(starts - (np.cumsum(counts) - counts), counts)
+    return np.repeat(np.arange(len(rows)), counts) * width + m.indices[at], m.data[at]
+
+
 def _row_top(keys: np.ndarray, values: np.ndarray, width: int, k: int) -> np.ndarray:
     """The keys of the k largest values of each row (ties: the smaller item)."""
     return keys[top_k_per_row(keys // width, values, keys, k)]
@@ -288,8 +306,17 @@ class KnnReranker(Recommender):
         self.session_offsets, self.session_items = sessions.offsets, sessions.items
         self.knn = SessionKnn(self.vocab, KnnParams(k=self.params.k))
         self.knn.fit(sessions)
-        self.rules = sequential_rules(sessions, self.n_items, self.params.rules_steps)
-        self.markov = sequential_rules(sessions, self.n_items, 1)
+        # rows scaled by their maximum once here; each item's best rule targets too, padded with 0 (no item)
+        self.rules = _row_scaled(sequential_rules(sessions, self.n_items, self.params.rules_steps))
+        self.markov = _row_scaled(sequential_rules(sessions, self.n_items, 1))
+        width = self.n_items + 1
+        keys, _ = _gather_rows(self.rules, np.arange(width), width)
+        top = _row_top(keys, self.rules.data, width, self.params.rules_candidates)
+        counts = np.bincount(top // width, minlength=width)
+        self.rules_top = np.zeros((width, max(int(counts.max(initial=0)), 1)), dtype=np.int64)
+        self.rules_top[top // width, np.arange(len(top)) - np.repeat(np.cumsum(counts) - counts, counts)] = (
+            top % width
+        )
         pop = np.bincount(sessions.items, minlength=self.n_items + 1).astype(np.float64)
         self.log_popularity = (np.log1p(pop) / np.log1p(max(pop.max(), 1.0))).astype(np.float32)
         self.popular_order = np.argsort(-self.log_popularity[1:], kind="stable") + 1
@@ -309,9 +336,9 @@ class KnnReranker(Recommender):
             _scaled_entries(self.knn.neighbourhood_scores(sessions), width) if "knn" in self.groups else empty
         )
         if "rules" in self.groups:
-            rules = _scaled_entries(self.rules[last], width)
-            markov = _scaled_entries(self.markov[last], width)
-            rules2 = _scaled_entries(self.rules[second_last], width)  # row 0 (padding) is empty
+            rules = _gather_rows(self.rules, last, width)
+            markov = _gather_rows(self.markov, last, width)
+            rules2 = _gather_rows(self.rules, second_last, width)  # row 0 (padding) is empty
         else:
             rules = markov = rules2 = empty
         proposes = self.neural is not None and self.params.neural_candidates > 0
@@ -333,10 +360,9 @@ class KnnReranker(Recommender):
         distance = lengths[own // width] - latest  # 1 = the last click
         repeat = "repeat" in self.groups
 
-        proposed = [
-            _row_top(*knn, width, self.params.knn_candidates),
-            _row_top(*rules, width, self.params.rules_candidates),
-        ]
+        proposed = [_row_top(*knn, width, self.params.knn_candidates)]
+        if "rules" in self.groups:  # each last click's best targets, made at indexing; 0s (no item) go below
+            proposed.append((np.arange(n)[:, None] * width + self.rules_top[last]).ravel())
         if repeat:
             proposed.append(own)
         if proposes:
