@@ -7,8 +7,7 @@ The 64 sessions of each call are consecutive real test prefixes (the calls walk 
 Neural models are timed with fresh weights (a call costs the same whatever the weights); the kNN models
 index every training session; `rerank` is fitted with one scorer epoch (its call cost does not depend on
 how long the scorer trained; `rerank-neural`: with its neural group, MTAW untrained; `rerank-neural-items`:
-the same with `neural_candidates=0`, MTAW scoring only the other sources' candidates; `rerank-neural-near`:
-that and the 30 items nearest the last click in MTAW's item table proposed). Reported: median,
+the same with `neural_candidates=0`, MTAW scoring only the other sources' candidates). Reported: median,
 p90 and p99 of the wall time of a call, after 10 warm-up calls, on the CPU threads torch uses by default.
 
 Catalogue size (`--items 40727 200000 1000000`): the data set's vocabulary widened with items no session
@@ -47,15 +46,6 @@ VARIANTS = {
     "rerank-neural-items": (
         "rerank",
         {"features": "knn,rules,repeat,neural", "neural_epochs": 0, "neural_candidates": 0},
-    ),
-    "rerank-neural-near": (
-        "rerank",
-        {
-            "features": "knn,rules,repeat,neural",
-            "neural_epochs": 0,
-            "neural_candidates": 0,
-            "neural_neighbours": 30,
-        },
     ),
 }
 

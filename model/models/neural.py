@@ -186,30 +186,6 @@ class NeuralRecommender(Recommender):
         rows_t, items_t = (torch.from_numpy(a).to(self.device) for a in (rows, items))
         return item_scores(seq, rows_t, items_t).cpu()
 
-    @torch.inference_mode()
-    def similar_items(self, k: int) -> np.ndarray:
-        """(n_items + 1, k): each item's k nearest other items by the cosine of the model's item embeddings
-        (never itself or the padding), nearest first. Made once per set of weights (4-9 s for 43k items on
-        2 cores), then a look-up: the rerank proposes the neighbours of a session's last click
-        (`RerankParams.neural_neighbours`) without a product with every item per call."""
-        weight = self.net.embedding.weight
-        key = (weight.data_ptr(), weight._version, k)
-        cached = self.__dict__.get("_similar")
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        table = torch.nn.functional.normalize(weight.detach().float(), dim=-1)
-        k = min(k, len(table) - 2)
-        rows = []
-        for start in range(0, len(table), 4096):
-            sims = table[start : start + 4096] @ table.T
-            sims[:, 0] = -torch.inf
-            own = torch.arange(start, start + len(sims))
-            sims[own - start, own] = -torch.inf
-            rows.append(torch.topk(sims, k, dim=1).indices)
-        near = torch.cat(rows).cpu().numpy().astype(np.int64)
-        self.__dict__["_similar"] = (key, near)
-        return near
-
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return dict(self.net.state_dict())
 

@@ -127,7 +127,6 @@ class RerankParams:
     features: str = "knn,rules,repeat"  # feature groups in use (ablations)
     neural_model: str = "mtaw"  # the "neural" group's model: it proposes candidates and scores every one
     neural_candidates: int = 50  # its best items proposed per session; 0: it scores the others' only
-    neural_neighbours: int = 0  # items nearest the last click in its item table, proposed per session
     neural_epochs: int = 4  # at most: on the older sessions (early stopping), and in the last pass (dev)
     seed: int = 42
 
@@ -293,13 +292,6 @@ class KnnReranker(Recommender):
             if hasattr(params, "patience"):  # one epoch without gain ends it: each costs minutes
                 params = dataclasses.replace(params, patience=1)
             self.neural = cls(vocab, params)
-            if self.params.neural_neighbours > 0 and not hasattr(self.neural, "similar_items"):
-                from model.errors import UserError
-
-                raise UserError(
-                    f"neural_neighbours needs a neural model with an item table (mtaw, srgnn), not "
-                    f"{self.params.neural_model!r}"
-                )
 
     # -- the index: kNN, rules, popularity --------------------------------------------------------------
     def _index(self, sessions: Sessions) -> None:
@@ -367,9 +359,6 @@ class KnnReranker(Recommender):
             proposed.append(own)
         if proposes:
             proposed.append(neural_keys)
-        if self.neural is not None and self.params.neural_neighbours > 0:
-            near = self.neural.similar_items(self.params.neural_neighbours)[last]  # (n, neighbours)
-            proposed.append((np.arange(n)[:, None] * width + near).ravel())
         cand = _sorted_unique(np.sort(np.concatenate(proposed)))[0]
         cand = cand[cand % width != 0]
         crow = cand // width
@@ -649,8 +638,6 @@ class KnnReranker(Recommender):
         self.net.eval()
         if self.neural is not None:
             self.neural.load_state_tensors({k[7:]: v for k, v in tensors.items() if k.startswith("neural.")})
-            if self.params.neural_neighbours > 0:  # made now, not in the first call a worker serves
-                self.neural.similar_items(self.params.neural_neighbours)
         offsets = tensors["session_offsets"].numpy().astype(np.int64)
         items = tensors["session_items"].numpy().astype(np.int64)
         if items.size and (items.max() > self.n_items or items.min() < 1):

@@ -229,56 +229,16 @@ def test_without_neural_candidates_it_scores_only_the_others(
     with_neural.recommend(sessions)
 
 
-def test_similar_items_are_each_items_nearest_by_cosine_for_the_weights_at_hand(with_neural, tiny_data):
-    neural = with_neural.neural
-    near = neural.similar_items(4)
-    table = torch.nn.functional.normalize(neural.net.embedding.weight.detach(), dim=-1)
-    for item in (1, 7, tiny_data.vocab.n_items):
-        sims = table @ table[item]
-        sims[0] = sims[item] = -torch.inf
-        assert near[item].tolist() == torch.topk(sims, 4).indices.tolist()
-    before = {k: v.clone() for k, v in neural.state_tensors().items()}
-    changed = dict(before, **{"embedding.weight": torch.randn_like(before["embedding.weight"])})
-    try:
-        neural.load_state_tensors(changed)  # new weights (a last pass, a hot swap): a new table
-        assert not np.array_equal(neural.similar_items(4), near)
-    finally:
-        neural.load_state_tensors(before)
-    assert np.array_equal(neural.similar_items(4), near)
-
-
-def test_neural_neighbours_propose_the_last_clicks_nearest_items(with_neural, tiny_data, monkeypatch):
-    """`neural_neighbours=5` beside `neural_candidates=0`: the five items nearest each session's last click
-    in MTAW's item table join the others' candidates, still without scoring every item."""
-    sessions = tiny_data.test.prefixes(range(8))
-    monkeypatch.setattr(with_neural, "params", dataclasses.replace(with_neural.params, neural_candidates=0))
-    others = with_neural.candidates(sessions)
-    monkeypatch.setattr(with_neural, "params", dataclasses.replace(with_neural.params, neural_neighbours=5))
-
-    def every_item(_):
-        raise AssertionError("scored every item")
-
-    monkeypatch.setattr(with_neural.neural, "score", every_item)
-    c = with_neural.candidates(sessions)
-    near = with_neural.neural.similar_items(5)
-    for row, session in enumerate(sessions):
-        want = set(others.items[row][others.mask[row]].tolist()) | set(near[session[-1]].tolist())
-        assert set(c.items[row][c.mask[row]].tolist()) == want
-
-
-@pytest.mark.parametrize("neural_candidates,neural_neighbours", [(50, 0), (0, 0), (0, 5)])
+@pytest.mark.parametrize("neural_candidates", [50, 0])
 def test_the_neural_group_sees_one_session_at_a_time(
-    with_neural, tiny_data: SessionData, tmp_path: Path, neural_candidates: int, neural_neighbours: int
+    with_neural, tiny_data: SessionData, tmp_path: Path, neural_candidates: int
 ):
     """Its checkpoint holds MTAW's weights too, and its metrics do not depend on order or batch size, whether
-    MTAW proposes candidates, scores only the others' (each row's feature against its own best) or proposes
-    its last click's neighbours."""
+    MTAW proposes candidates or scores only the others' (each row's feature against its own best)."""
     model, _ = load_checkpoint(save_checkpoint(with_neural, tmp_path / "ck"))
     probe = tiny_data.test.prefixes(range(20))
     assert torch.equal(model.score(probe), with_neural.score(probe))
-    model.params = dataclasses.replace(
-        model.params, neural_candidates=neural_candidates, neural_neighbours=neural_neighbours
-    )
+    model.params = dataclasses.replace(model.params, neural_candidates=neural_candidates)
     test = tiny_data.test.select(np.arange(300))
     order = np.random.default_rng(0).permutation(len(test))
     runs = [
