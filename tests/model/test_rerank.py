@@ -16,7 +16,14 @@ from model.errors import UserError
 from model.lifecycle.checkpoint import load_checkpoint, save_checkpoint
 from model.lifecycle.experiment import evaluate_model, fit_model, make_model
 from model.lifecycle.retrain import train_candidate
-from model.models.rerank import FEATURES, KnnReranker, _row_top, sequential_rules
+from model.models.rerank import (
+    FEATURES,
+    KnnReranker,
+    _gather_rows,
+    _row_top,
+    _scaled_entries,
+    sequential_rules,
+)
 
 FAST = {"epochs": 4}
 
@@ -52,6 +59,25 @@ def test_row_top_is_each_rows_best_k_with_ties_to_the_smaller_item():
         mine = [(-values[j], keys[j]) for j in range(len(keys)) if keys[j] // width == r]
         want += [key for _, key in sorted(mine)[:k]]
     assert sorted(_row_top(keys, values, width, k).tolist()) == sorted(want)
+
+
+def test_rule_rows_made_at_indexing_equal_the_rows_scaled_at_a_call(fitted, tiny_data):
+    """The rows a call gathers equal the rules rows of its last clicks scaled by their maxima, and each item's
+    best targets made at indexing equal that row's best `rules_candidates`."""
+    width = tiny_data.vocab.n_items + 1
+    raw = sequential_rules(
+        Sessions(fitted.session_offsets, fitted.session_items),
+        tiny_data.vocab.n_items,
+        fitted.params.rules_steps,
+    )
+    last = np.array([5, 9, 5, 1, 0, width - 1])
+    keys, values = _gather_rows(fitted.rules, last, width)
+    want_keys, want_values = _scaled_entries(raw[last], width)
+    assert np.array_equal(keys, want_keys) and np.array_equal(values, want_values)
+    best = _row_top(want_keys, want_values, width, fitted.params.rules_candidates)
+    for row, item in enumerate(last):
+        mine = sorted(key % width for key in best if key // width == row)
+        assert sorted(i for i in fitted.rules_top[item].tolist() if i) == mine
 
 
 def test_candidate_features_follow_the_session(fitted):
