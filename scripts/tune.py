@@ -21,7 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.data.load import load_data
-from model.lifecycle.experiment import make_model, seed_everything
+from model.lifecycle.experiment import epoch_field, make_model, seed_everything
+from model.metrics import evaluate
+from model.models.zoo import model_class
 from model.training.params import parse_sets
 
 
@@ -38,16 +40,21 @@ def main() -> None:
 
     data = load_data(args.data)
     fit, valid = data.train_valid(0.1)
+    epochs = args.epochs if epoch_field(model_class(args.model).Params()) else None  # kNN: no epochs
     names = [g.split("=", 1)[0] for g in args.grid]
     values = [g.split("=", 1)[1].split(",") for g in args.grid]
     rows = []
     for combo in itertools.product(*values):
         sets = {**parse_sets(args.set), **parse_sets([f"{n}={v}" for n, v in zip(names, combo, strict=True)])}
         seed_everything(args.seed)
-        model = make_model(args.model, data, sets=sets, epochs=args.epochs)
+        model = make_model(args.model, data, sets=sets, epochs=epochs)
         t0 = time.perf_counter()
         history = model.fit(fit, valid, progress=True)
-        best = history["epochs"][history["best_epoch"] - 1]  # fit's own early-stopping choice
+        if history.get("epochs"):
+            best = history["epochs"][history["best_epoch"] - 1]  # fit's own early-stopping choice
+        else:  # nothing to stop early (the kNN models): the fitted model scored on the validation samples
+            m = evaluate(model.score, valid, ks=(20,))
+            best = {"epoch": None, "valid_recall@20": m["recall@20"], "valid_mrr@20": m["mrr@20"]}
         row = {
             **dict(zip(names, combo, strict=True)),
             "best_epoch": best["epoch"],

@@ -28,7 +28,7 @@ from model.errors import UserError
 from model.models.base import Recommender
 from model.models.fallback import Fallback
 from model.models.zoo import model_class
-from model.training.params import build_params, params_to_dict
+from model.training.params import params_to_dict, saved_params
 
 FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
@@ -114,7 +114,7 @@ def load_checkpoint(
     p = Path(path)
     meta = read_meta(p)
     cls = model_class(meta["model"])
-    params = build_params(cls.Params, meta["params"])
+    params = saved_params(cls.Params, meta["params"])
     model = cls(ItemVocab(meta["vocab"]), params, device=device)
     try:
         model.fallback = Fallback.from_json(meta.get("fallback"))

@@ -93,3 +93,15 @@ def build_params(cls: type, config: dict[str, Any] | None = None, sets: dict[str
 
 def params_to_dict(params: Any) -> dict[str, Any]:
     return dataclasses.asdict(params)
+
+
+def saved_params(cls: type, saved: dict[str, Any]) -> Any:
+    """The hyperparameters a checkpoint was trained with. A field it does not name was added after it was
+    saved, and takes the value that keeps the behaviour of then (the field's `metadata["before"]`) where
+    today's default would change it: a model is served as it was evaluated."""
+    before = {
+        f.name: f.metadata["before"]
+        for f in dataclasses.fields(cls)
+        if "before" in f.metadata and f.name not in saved
+    }
+    return build_params(cls, {**saved, **before})

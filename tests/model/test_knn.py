@@ -13,10 +13,13 @@ from model.models.pop import Pop
 TRAIN = [[1, 2, 3], [2, 3, 4], [5, 6], [1, 5, 6, 7], [3, 4, 8]]
 
 
-def direct_vsknn(session, train, k, n_items, decay=True, idf=True):
-    """V-SKNN written from its definition, one loop at a time."""
+def direct_vsknn(session, train, k, n_items, decay=True, idf=True, sample=0):
+    """V-SKNN written from its definition, one loop at a time; with `sample`, a click of the session meets
+    only the `sample` most recent (latest in `train`) sessions holding its item."""
     n = len(train)
     df = {i: sum(1 for t in train if i in t) for i in range(1, n_items + 1)}
+    holding = {i: [idx for idx, t in enumerate(train) if i in t] for i in range(1, n_items + 1)}
+    meets = {i: set(held[-sample:] if sample else held) for i, held in holding.items()}
     weight: dict[int, float] = {}
     for pos, item in enumerate(session, start=1):
         w = pos / len(session) if decay else 1.0
@@ -25,7 +28,7 @@ def direct_vsknn(session, train, k, n_items, decay=True, idf=True):
         weight[item] = weight.get(item, 0.0) + w
     sims = []
     for idx, t in enumerate(train):
-        dot = sum(w for i, w in weight.items() if i in set(t))
+        dot = sum(w for i, w in weight.items() if idx in meets[i])
         if dot > 0:
             sims.append((dot / math.sqrt(len(set(t))), idx))
     sims.sort(key=lambda x: (-x[0], -x[1]))
@@ -36,15 +39,24 @@ def direct_vsknn(session, train, k, n_items, decay=True, idf=True):
     return scores
 
 
-@pytest.mark.parametrize("decay,idf,k", [(True, True, 2), (True, False, 3), (False, False, 10)])
-def test_vsknn_matches_its_definition(decay, idf, k):
+@pytest.mark.parametrize(
+    "decay,idf,k,sample",
+    [
+        (True, True, 2, 0),
+        (True, False, 3, 0),
+        (False, False, 10, 0),
+        (True, True, 10, 1),
+        (False, False, 3, 2),
+    ],
+)
+def test_vsknn_matches_its_definition(decay, idf, k, sample):
     vocab = ItemVocab([str(i) for i in range(1, 9)])
-    model = SessionKnn(vocab, KnnParams(k=k, decay=decay, idf=idf))
+    model = SessionKnn(vocab, KnnParams(k=k, decay=decay, idf=idf, sample=sample))
     model.fit(Sessions.from_lists(TRAIN))
-    queries = [np.array([1, 2]), np.array([3, 3, 4]), np.array([6])]
+    queries = [np.array([1, 2]), np.array([3, 3, 4]), np.array([6]), np.array([5, 3])]
     got = model.score(queries).numpy()
     for row, q in zip(got, queries, strict=True):
-        want = direct_vsknn(q.tolist(), TRAIN, k, 8, decay, idf)
+        want = direct_vsknn(q.tolist(), TRAIN, k, 8, decay, idf, sample)
         scored = want > 0
         # positive scores equal the definition (up to the tiny popularity tie-break) ...
         assert np.allclose(row[scored], want[scored], rtol=1e-3)
