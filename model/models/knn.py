@@ -76,13 +76,18 @@ def top_k_per_row(rows: np.ndarray, values: np.ndarray, tie: np.ndarray, k: int)
     return order[rank < k]
 
 
+def positions_in_rows(counts: np.ndarray) -> np.ndarray:
+    """Each entry's 0-based position within its row, for rows of `counts` entries laid out one after
+    another (a CSR matrix's data, a batch's concatenated sessions)."""
+    return np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
 def most_recent_per_row(m: sp.csr_matrix, keep: int) -> sp.csr_matrix:
     """Each row's `keep` entries with the largest column indices (sessions are in time order: the most
     recent), as VMIS-kNN's item index of recent sessions (Kersbergen et al. 2022, "Serenade")."""
     m.sort_indices()
     counts = np.diff(m.indptr)
-    position = np.arange(m.nnz) - np.repeat(m.indptr[:-1], counts)
-    kept = position >= np.repeat(counts - keep, counts)
+    kept = positions_in_rows(counts) >= np.repeat(counts - keep, counts)
     indptr = np.r_[0, np.cumsum(np.minimum(counts, keep))]
     return sp.csr_matrix((m.data[kept], m.indices[kept], indptr), shape=m.shape)
 
@@ -134,8 +139,7 @@ class SessionKnn(Recommender):
         lengths = np.array([len(s) for s in sessions], dtype=np.int64)
         items = np.concatenate([np.asarray(s, dtype=np.int64) for s in sessions])
         rows = np.repeat(np.arange(len(sessions)), lengths)
-        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
-        position = np.arange(len(items)) - starts + 1
+        position = positions_in_rows(lengths) + 1
         w = position / np.repeat(lengths, lengths) if self.params.decay else np.ones(len(items))
         if self.params.idf:
             w = w * self.idf[items]
@@ -187,7 +191,7 @@ class SessionKnn(Recommender):
         out_items = np.zeros((len(sessions), k), dtype=np.int64)
         out_values = np.zeros((len(sessions), k), dtype=np.float64)
         taken = np.minimum(counts, k)
-        column = np.arange(len(keep)) - np.repeat(np.cumsum(taken) - taken, taken)
+        column = positions_in_rows(taken)
         out_items[rows[keep], column] = scores.indices[keep]
         out_values[rows[keep], column] = values[keep]
         for row in np.flatnonzero(taken < k):  # short of neighbourhood items: fill by popularity

@@ -89,7 +89,7 @@ from model.data.sessions import Samples, Sessions, prefix_samples, split_last
 from model.data.vocab import ItemVocab
 from model.metrics import RankAccumulator
 from model.models.base import Recommender
-from model.models.knn import KnnParams, SessionKnn, top_k_per_row
+from model.models.knn import KnnParams, SessionKnn, positions_in_rows, top_k_per_row
 from model.training.progress import report_epoch
 
 FEATURES = (
@@ -194,7 +194,7 @@ def _gather_rows(m: sp.csr_matrix, rows: np.ndarray, width: int) -> tuple[np.nda
     indexing and a new matrix per call cost more than the look-up itself."""
     starts = m.indptr[rows]
     counts = m.indptr[rows + 1] - starts
-    at = np.arange(int(counts.sum())) + np.repeat(starts - (np.cumsum(counts) - counts), counts)
+    at = positions_in_rows(counts) + np.repeat(starts, counts)
     return np.repeat(np.arange(len(rows)), counts) * width + m.indices[at], m.data[at]
 
 
@@ -314,9 +314,7 @@ class KnnReranker(Recommender):
         top = _row_top(keys, self.rules.data, width, self.params.rules_candidates)
         counts = np.bincount(top // width, minlength=width)
         self.rules_top = np.zeros((width, max(int(counts.max(initial=0)), 1)), dtype=np.int64)
-        self.rules_top[top // width, np.arange(len(top)) - np.repeat(np.cumsum(counts) - counts, counts)] = (
-            top % width
-        )
+        self.rules_top[top // width, positions_in_rows(counts)] = top % width
         pop = np.bincount(sessions.items, minlength=self.n_items + 1).astype(np.float64)
         self.log_popularity = (np.log1p(pop) / np.log1p(max(pop.max(), 1.0))).astype(np.float32)
         self.popular_order = np.argsort(-self.log_popularity[1:], kind="stable") + 1
@@ -409,7 +407,7 @@ class KnnReranker(Recommender):
 
         per_row = np.bincount(crow, minlength=n)
         w = max(int(per_row.max(initial=0)), 1)
-        slot = np.arange(len(cand)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
+        slot = positions_in_rows(per_row)
         items = np.zeros((n, w), dtype=np.int64)
         mask = np.zeros((n, w), dtype=bool)
         padded = np.zeros((n, w, len(FEATURES)), dtype=np.float32)
