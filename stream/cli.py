@@ -155,6 +155,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         registry=args.registry,
         metrics_port=args.metrics_port,
         metrics_addr=args.metrics_addr,
+        store=args.store,
     )
     if not settings.checkpoint and not settings.registry:
         raise UserError("nextclick worker needs --checkpoint DIR or --registry DIR")
@@ -341,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument(
         "--metrics-addr", help=WorkerSettings.describe("metrics_addr", "address /metrics binds to")
+    )
+    w.add_argument(
+        "--store",
+        choices=["memory://", "rocksdb://"],
+        help=WorkerSettings.describe("store", "the session table: in memory or on disk"),
     )
     w.add_argument("--loglevel", default="warning")
     w.set_defaults(func=cmd_worker)

@@ -146,6 +146,7 @@ class WorkerSettings(KafkaSettings):
     device: str = "auto"
     score_bf16: bool | None = None  # score in bfloat16 (model.models.layers.Bf16Scoring); None = where fast
     data_dir: str = ".nextclick/worker"
+    store: str = "memory://"  # the session table: or rocksdb:// (under data_dir; stream.worker.table)
     web_port: int = 0  # Faust's web server: 0 = disabled
     expiry_interval: float = 5.0  # seconds between scans for idle sessions
     registry_poll_interval: float = 2.0  # seconds between looks at the registry's LATEST

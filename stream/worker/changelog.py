@@ -24,13 +24,16 @@ async def read_changelog(
     idle_ms: int = 100,
     decode: Callable[[Any], Any] | None = None,
     apply: Callable[[str, Any], Any] | None = None,
+    copy: Callable[[int, bytes, bytes | None], Any] | None = None,
 ) -> ChangelogRead:
     """The last value of every key in `partitions` of `topic`, the number of records read and the last
     offset read in each partition. `decode` turns each JSON value into what is kept, as it is read (a
     million sessions kept as JSON objects until the end would double the reader's peak memory). `apply`
     takes each record (key, decoded value or None) in the order read instead of the returned `latest`,
     which stays empty: a restore of a million sessions then writes its table once, not a dict of them and
-    then the table (2 s and a million-entry dict more at 1M).
+    then the table (2 s and a million-entry dict more at 1M). `copy` takes each record's partition, key
+    and value as the broker sent them, nothing decoded (a store that keeps the changelog's own bytes,
+    `stream.worker.rocks`).
 
     Reads from the beginning (or, for a dict partition -> offset, from that offset, which must hold a
     record: the last one Faust's recovery applied) until every partition's position has passed the
@@ -70,7 +73,7 @@ async def read_changelog(
             batch = await consumer.getmany(*tps, timeout_ms=idle_ms)
             for tp, records in batch.items():
                 read += len(records)
-                for r in records:
+                for r in records if copy is None else ():
                     value = None if r.value is None else orjson.loads(r.value)
                     if decode is not None and value is not None:
                         value = decode(value)
@@ -78,6 +81,9 @@ async def read_changelog(
                         latest[orjson.loads(r.key)] = value
                     else:
                         apply(orjson.loads(r.key), value)
+                if copy is not None:
+                    for r in records:
+                        copy(tp.partition, r.key, r.value)
                 if records:
                     last[tp.partition] = records[-1].offset
             if not batch and all([await consumer.position(tp) >= ends[tp] for tp in tps]):

@@ -67,42 +67,48 @@ class IdleIndex:
     min-heap; a session's older entries stay there until they surface and are skipped (the one equal to the
     session's current mark is current), and the heap is rebuilt when stale entries outnumber live ones.
     Both clocks of a session are one tuple in the click order, not a second dict of marks: the rebuild
-    after restoring a million sessions made that dict in 1.8 s (py-spy, `scripts/bench_scale.py`)."""
+    after restoring a million sessions made that dict in 1.8 s (py-spy, `scripts/bench_scale.py`). The
+    tuple also holds the changelog partition the session's records live in: a store on disk
+    (`stream.worker.rocks`) reads a session from its partition's database."""
 
     def __init__(self) -> None:
-        # session -> (mark, seen), oldest last click first
-        self.by_click: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        # session -> (mark, seen, partition), oldest last click first
+        self.by_click: OrderedDict[str, tuple[float, float, int]] = OrderedDict()
         self.heap: list[tuple[float, str]] = []
 
     def __len__(self) -> int:
         return len(self.by_click)
 
-    def touch(self, session_id: str, mark: float, seen: float) -> None:
+    def touch(self, session_id: str, mark: float, seen: float, partition: int) -> None:
         """A session's clocks after its latest click (or as restored)."""
         before = self.by_click.get(session_id)
-        self.by_click[session_id] = (mark, seen)
+        self.by_click[session_id] = (mark, seen, partition)
         self.by_click.move_to_end(session_id)
         if before is None or before[0] != mark:
             heapq.heappush(self.heap, (mark, session_id))
             if len(self.heap) > 2 * len(self.by_click) + 1024:
-                self.heap = [(m, key) for key, (m, _) in self.by_click.items()]
+                self.heap = [(entry[0], key) for key, entry in self.by_click.items()]
                 heapq.heapify(self.heap)
 
     def forget(self, session_id: str) -> None:
         self.by_click.pop(session_id, None)
 
-    def rebuild(self, sessions: Iterable[tuple[str, float, float]]) -> None:
-        """From (session, mark, seen) of every session held (after a rebalance's recovery)."""
+    def partition_of(self, session_id: str) -> int | None:
+        entry = self.by_click.get(session_id)
+        return None if entry is None else entry[2]
+
+    def rebuild(self, sessions: Iterable[tuple[str, float, float, int]]) -> None:
+        """From (session, mark, seen, partition) of every session held (after a rebalance's recovery)."""
         ordered = sorted(sessions, key=lambda entry: entry[2])
-        self.by_click = OrderedDict((key, (mark, seen)) for key, mark, seen in ordered)
-        self.heap = [(mark, key) for key, mark, _ in ordered]
+        self.by_click = OrderedDict((key, (mark, seen, partition)) for key, mark, seen, partition in ordered)
+        self.heap = [(mark, key) for key, mark, _, _ in ordered]
         heapq.heapify(self.heap)
 
     def due(self, clock: float, wall: float, ttl: float) -> list[str]:
         """Every session `is_idle` would close now (and none it would not): the ones whose last click is
         `ttl` old on the wall clock, then the ones whose mark is `ttl` behind the event clock."""
         due = []
-        for key, (_, seen) in self.by_click.items():
+        for key, (_, seen, _) in self.by_click.items():
             if wall - seen <= ttl:
                 break
             due.append(key)

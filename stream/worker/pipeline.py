@@ -67,22 +67,13 @@ from stream.kafka.clients import faust_credentials
 from stream.metrics import Metrics
 from stream.settings import WorkerSettings
 from stream.worker.batching import take_ready
-from stream.worker.changelog import read_changelog
 from stream.worker.clicks import Click, InvalidClick, parse_click
 from stream.worker.expiry import EventClock, IdleIndex, is_idle
 from stream.worker.heap import collector_paused_then_frozen, freeze_heap
 from stream.worker.hotswap import ModelWatcher, load_verified
 from stream.worker.inference import Answer, InferenceService, Served
-from stream.worker.session import (
-    RECS_SEP,
-    Absorbed,
-    Session,
-    SessionTable,
-    absorbed_key,
-    assemble,
-    from_stored,
-    joined,
-)
+from stream.worker.session import RECS_SEP, Absorbed, Session, absorbed_key, joined
+from stream.worker.table import SessionTable
 from stream.worker.transport import App
 
 log = logging.getLogger("nextclick.worker")
@@ -204,8 +195,8 @@ class Pipeline:
     # -- table access with an explicit changelog partition ----------------------------------------------
     async def _put(self, key: str, value: Session, partition: int) -> None:
         """The session's full chunks not yet sealed, then its own record (`stream.worker.session`)."""
-        self.table.data[key] = value
-        self.idle.touch(key, value.mark, value.seen)
+        self.table.data.hold(key, value)
+        self.idle.touch(key, value.mark, value.seen, partition)
         for chunk, record in value.seal(key):
             await self._write(partition, chunk, record)
         await self._write(partition, key, value.to_json())
@@ -213,8 +204,7 @@ class Pipeline:
     async def _delete(self, key: str, partition: int, chunks: list[str]) -> None:
         """The session's record first, then its chunks: a crash in between leaves chunks without a
         session (`assemble` drops them), never a session without its first clicks."""
-        if key in self.table.data:
-            del self.table.data[key]
+        self.table.data.drop(key)
         self.idle.forget(key)
         for record in (key, *chunks):
             await self._write(partition, record, None)
@@ -224,8 +214,11 @@ class Pipeline:
         other write here, not through Faust's `send_changelog` buffer, whose flush returns after 0.1 s
         without a send even with records still in it: a rebalance could then read the changelog's end
         before this worker's last writes. The broker's acknowledgement tells the store how far it holds the
-        partition (`BulkRestoredStore.set_persisted_offset`)."""
-        sent = await self._send(self.table.changelog_topic, orjson.dumps(key), value, partition=partition)
+        partition (`BulkRestoredStore.set_persisted_offset`); a store on disk keeps the record itself
+        (`RocksSessionStore.write`), before it is sent."""
+        key_bytes = orjson.dumps(key)
+        self.table.data.write(partition, key_bytes, value)
+        sent = await self._send(self.table.changelog_topic, key_bytes, value, partition=partition)
         sent.add_done_callback(self._written)
 
     def _written(self, sent: asyncio.Future) -> None:
@@ -269,7 +262,7 @@ class Pipeline:
                 clicks.append((event, click))
         if clicks:
             await self._answer_or_dead_letter(clicks)
-        self.metrics.active_sessions.set(len(self.table.data))
+        self.metrics.active_sessions.set(len(self.idle))
         self.metrics.consumed_batch.observe(len(events))
         self.metrics.consumed_batch_latency.observe(time.perf_counter() - t0)
 
@@ -312,7 +305,7 @@ class Pipeline:
 
     def _working_state(self, click: Click, partition: int) -> Session:
         """A copy of the session's stored state to update; the table changes only once the batch is answered."""
-        stored = self.table.data.get(click.session_id)
+        stored = self.table.data.session(click.session_id, partition)
         if stored is None:
             return Session(user=click.user_id, partition=partition)
         return stored.copy()
@@ -416,42 +409,35 @@ class Pipeline:
         held = {
             tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.clicks.get_topic_name()
         }
-        data = self.table.raw
-        gone = [key for key, state in data.items() if state is not None and state.partition not in held]
-        for key in gone:
-            del data[key]
+        gone = self.table.data.forget_except(held, self.idle.by_click)
         if self.service is not None:
             self.service.forget(gone)
         if gone:
             log.info("rebalance: %d sessions now held by another worker forgotten", len(gone))
         if held:
             await self._catch_up(held)
-        orphans = self._index_restored(data, held)
+        orphans = self._index_restored(held)
         for key, partition in orphans:  # a crash between a session's deletion and its chunks'
             await self._write(partition, key, None)
 
-    def _index_restored(self, data: dict[str, Any], held: set[int]) -> list[tuple[str, int]]:
-        """Take the partitions' absorbed marks out of the table, assemble the sessions recovery read,
-        rebuild the idle index; returns the chunks without a session, to delete.
+    def _index_restored(self, held: set[int]) -> list[tuple[str, int]]:
+        """Take the partitions' absorbed marks, assemble the sessions recovery read (the memory store),
+        rebuild the idle index from what the store holds (`scan`); returns the chunks without a session, to
+        delete.
 
         With a million restored sessions every pass counts: no collection runs meanwhile, and what is
         alive after, the restored sessions with it, is frozen (`collector_paused_then_frozen`)."""
         with collector_paused_then_frozen():
+            found = self.table.data.scan(sorted(held))
             self.absorbed = {p: offset for p, offset in self.absorbed.items() if p in held}
-            for partition in held:  # how far each partition is absorbed: kept aside (those gone went already)
-                mark = data.pop(absorbed_key(partition), None)
-                if isinstance(mark, Absorbed):
-                    self.absorbed[partition] = max(mark.offset, self.absorbed.get(partition, -1))
-            orphans, broken = assemble(data, self.table.unassembled)
-            self.table.unassembled.clear()
-            if broken:
+            for partition, offset in found.absorbed.items():  # how far each partition is absorbed
+                self.absorbed[partition] = max(offset, self.absorbed.get(partition, -1))
+            if found.broken:
                 log.error("%d restored sessions miss some of their sealed clicks in the changelog (first: "
-                          "%r)", len(broken), broken[0])  # fmt: skip
-            self.idle.rebuild(
-                (key, state.mark, state.seen) for key, state in data.items() if state is not None
-            )
-            self.metrics.active_sessions.set(len(data))
-            return orphans
+                          "%r)", len(found.broken), found.broken[0])  # fmt: skip
+            self.idle.rebuild(found.sessions)
+            self.metrics.active_sessions.set(len(self.idle))
+            return found.orphans
 
     async def _catch_up(self, partitions: set[int]) -> None:
         """Read what Faust's table recovery can have missed: the changelog from where recovery stopped.
@@ -489,8 +475,8 @@ class Pipeline:
         for attempt in range(1, CATCHUP_ATTEMPTS + 1):
             try:
                 await self.app.producer.flush()
-                latest, records, _, _ = await asyncio.wait_for(
-                    read_changelog(self.settings.bootstrap, topic, start, decode=from_stored), CATCHUP_TIMEOUT
+                records, restored = await asyncio.wait_for(
+                    self.table.data.read_since(self.settings.bootstrap, topic, start), CATCHUP_TIMEOUT
                 )
                 break
             except Exception as exc:
@@ -503,7 +489,6 @@ class Pipeline:
         buffered = recovery.buffers.get(self.table)
         if buffered:  # older than what was just read (see above)
             buffered[:] = [event for event in buffered if event.message.partition not in partitions]
-        restored = sum(self.table.put_stored(key, record) for key, record in latest.items())
         self.metrics.catchup.labels(outcome="done").inc()
         self.metrics.catchup_records.inc(records)
         log.info("changelog catch-up of partitions %s from offsets %s: %d records read, %d sessions beyond "
@@ -550,14 +535,15 @@ class Pipeline:
         """Close the idle sessions `IdleIndex` names: the cost is what expires, not what is live."""
         wall, ttl = time.time(), self.settings.session_ttl
         for key in self.idle.due(self.clock.now, wall, ttl):
-            state = self.table.data.get(key)
+            partition = self.idle.partition_of(key)  # None: closed meanwhile by a batch
+            state = None if partition is None else self.table.data.session(key, partition)
             if state is None:
                 self.idle.forget(key)
             elif is_idle(state.mark, state.seen, self.clock.now, wall, ttl):
                 await self._close(key, state, "idle")
             else:  # cannot happen while the index follows the table; never lose a session's expiry
-                self.idle.touch(key, state.mark, state.seen)
-        self.metrics.active_sessions.set(len(self.table.data))
+                self.idle.touch(key, state.mark, state.seen, state.partition)
+        self.metrics.active_sessions.set(len(self.idle))
         if self.service is not None:
             self.service.report_cache()
 
@@ -567,7 +553,7 @@ def base_app(s: WorkerSettings) -> App:
     benchmarks' bare agent, `scripts/bare_agent.py`, runs on it to measure the floor under the worker)."""
     conf: dict[str, Any] = dict(
         broker=f"kafka://{s.bootstrap}",
-        store="memory://",
+        store=s.store,
         topic_partitions=s.partitions,
         topic_replication_factor=s.replication_factor,
         topic_allow_declare=s.create_topics,

@@ -14,7 +14,7 @@ their ids joined by `RECS_SEP` (`recs`): read back as a list, a restored session
 more).
 
 In the changelog a session is one JSON object with short keys (`items`, `times`, `recs` (one string),
-`user`, `p`, `o`, `mark`, `seen`, `sealed`), written with orjson; `SessionTable` makes Faust's recovery
+`user`, `p`, `o`, `mark`, `seen`, `sealed`), written with orjson; `stream.worker.table.SessionTable` makes Faust's recovery
 hand back `Session` records, not dicts.
 
 The changelog's bytes per click do not grow with the session. Its clicks go to the changelog in sealed
@@ -36,11 +36,7 @@ from array import array
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
-import faust
 import orjson
-from faust.types import EventT
-
-from stream.worker.store import BulkRestoredStore
 
 CHUNK = 16  # clicks per sealed chunk: Tmall's sessions average 6.4 clicks, so most never seal one
 SEP = "\x1f"  # between a session id and its chunk's number: a valid click's ids have no control characters
@@ -220,73 +216,3 @@ def assemble(
             broken.append(key)
     orphans = [(key, chunk.partition) for key, chunk in chunks.items() if key.rpartition(SEP)[0] not in data]
     return orphans, broken
-
-
-class SessionTable(faust.Table):
-    """The `sessions` table: `Session` values, written to the changelog as raw bytes (`Session.to_json`,
-    `Session.seal`) and read back by Faust's recovery as JSON, which `_to_value` (Faust's hook for it)
-    makes a `Session` or a `SessionChunk`.
-
-    Recovery after a rebalance also re-reads, for a partition the worker kept, the records it wrote itself
-    since the last recovery: a session's record without the chunks sealed before (a CI-style run with
-    workers joining and leaving lost 106 sessions' first 16 clicks that way). A session held whole keeps
-    its sealed clicks through that (`Session.resume`).
-
-    `unassembled` names the keys recovery (Faust's or the bulk read) put a chunk or a pending session
-    under since the last `assemble`, so assembling visits those, not every session."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.unassembled: set[str] = set()
-
-    @property
-    def raw(self) -> dict[str, Any]:
-        """The store's own dict where it has one (the memory store): its mapping methods cost a call a
-        key, which a pass over a million sessions feels."""
-        return getattr(self.data, "data", self.data)
-
-    def _to_value(self, v: Any) -> Any:
-        return from_stored(v)
-
-    def _new_store(self) -> Any:
-        """In memory, restored in bulk at a rebalance (`stream.worker.store`)."""
-        url = self._store or self.app.conf.store
-        if str(url).startswith("memory:"):
-            return BulkRestoredStore(url, self.app, self, table_name=self.name, key_type=self.key_type,
-                                     key_serializer=self.key_serializer, value_serializer=self.value_serializer,
-                                     value_type=self.value_type, loop=self.loop, options=self.options)  # fmt: skip
-        return super()._new_store()
-
-    def put_stored(self, key: str, record: Session | SessionChunk | None) -> bool:
-        """One changelog record read outside Faust's recovery (the bulk restore, the Tansu catch-up), as
-        recovery applies it: last write wins, None deletes, and a record re-read for a session held whole
-        keeps its sealed clicks. Returns whether a value changed (a deletion is not counted)."""
-        data = self.raw
-        current = data.get(key)
-        if record is None:
-            data.pop(key, None)
-            return False
-        if isinstance(record, Session):
-            record.resume(current)
-        if unassembled(record):
-            self.unassembled.add(key)
-        data[key] = record
-        return current is None or current != record  # a new key (every one of a bulk restore) first
-
-    def apply_changelog_batch(self, batch: Iterable[EventT]) -> None:
-        events = list(batch)
-        held = {}
-        for event in events:
-            key = self._to_key(event.key)
-            current = self.data.get(key)
-            if isinstance(current, Session) and not current.pending:
-                held.setdefault(key, current)
-        super().apply_changelog_batch(events)
-        for key, session in held.items():
-            restored = self.data.get(key)
-            if isinstance(restored, Session):
-                restored.resume(session)
-        for event in events:
-            key = self._to_key(event.key)
-            if unassembled(self.data.get(key)):
-                self.unassembled.add(key)

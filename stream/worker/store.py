@@ -28,17 +28,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 from faust.stores.memory import Store
 from faust.types import TP
 
 from stream.worker.changelog import read_changelog
 from stream.worker.heap import collector_paused_then_frozen
+from stream.worker.session import Absorbed, Session, absorbed_key, assemble, from_stored
 
 log = logging.getLogger("nextclick.worker")
 
 
 RESTORE_TIMEOUT = 300.0  # seconds for the bulk read (1M sessions: ~35 s here) before Faust's recovery does it
+
+
+class Held(NamedTuple):
+    """What a rebalance finds in the partitions held (`scan`): each session's clocks for the idle index,
+    how far each partition's clicks are absorbed, chunks without a session (to delete, with their
+    partition), and sessions some of whose chunks are missing (kept with the clicks there are)."""
+
+    sessions: list[tuple[str, float, float, int]]
+    absorbed: dict[int, int]
+    orphans: list[tuple[str, int]]
+    broken: list[str]
 
 
 class BulkRestoredStore(Store):
@@ -51,6 +65,51 @@ class BulkRestoredStore(Store):
 
     def persisted_offset(self, tp: TP) -> int | None:
         return self.restored_to.get(tp)
+
+    # -- the pipeline's side (the same calls as `stream.worker.rocks.RocksSessionStore`) -------------------
+    def session(self, key: str, partition: int) -> Session | None:
+        return self.data.get(key)
+
+    def hold(self, key: str, session: Session) -> None:
+        self.data[key] = session
+
+    def drop(self, key: str) -> None:
+        self.data.pop(key, None)
+
+    def write(self, partition: int, key: bytes, value: bytes | None) -> None:
+        """The changelog's records are not kept here: whole sessions are (`hold`)."""
+
+    def forget_except(self, held: set[int], indexed: dict[str, Any]) -> list[str]:
+        """Forget the sessions of partitions no longer held, all of them (Faust's memory store forgets only
+        what it recovered itself, and some were restored in bulk)."""
+        data = self.data
+        gone = [key for key, state in data.items() if state is not None and state.partition not in held]
+        for key in gone:
+            del data[key]
+        return gone
+
+    def scan(self, partitions: Iterable[int]) -> Held:
+        """Take the partitions' absorbed marks out of the table, assemble the sessions recovery read (the
+        keys `SessionTable.unassembled` names, not every session), and list every session's clocks."""
+        data, found = self.data, Held([], {}, [], [])
+        for partition in partitions:
+            mark = data.pop(absorbed_key(partition), None)
+            if isinstance(mark, Absorbed):
+                found.absorbed[partition] = mark.offset
+        orphans, broken = assemble(data, self.table.unassembled)
+        self.table.unassembled.clear()
+        found.orphans.extend(orphans)
+        found.broken.extend(broken)
+        found.sessions.extend(
+            (key, state.mark, state.seen, state.partition) for key, state in data.items() if state is not None
+        )
+        return found
+
+    async def read_since(self, bootstrap: str, topic: str, start: dict[int, int]) -> tuple[int, int]:
+        """The changelog from `start` applied to the table (the Tansu repair); returns the records read and
+        the sessions they changed."""
+        read = await read_changelog(bootstrap, topic, start, decode=from_stored)
+        return read.records, sum(self.table.put_stored(key, record) for key, record in read.latest.items())
 
     def set_persisted_offset(self, tp: TP, offset: int) -> None:
         """The broker acknowledged this worker's write at `offset`: the store holds the partition to it (not

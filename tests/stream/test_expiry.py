@@ -40,12 +40,12 @@ def test_the_idle_index_names_exactly_the_sessions_a_full_scan_would_close(steps
         clock = max(clock, clock + dclock) if clock else (NOW + dclock if dclock > 0 else 0.0)
         if op == "click":
             live[key] = (wall + mark, wall)
-            index.touch(key, wall + mark, wall)
+            index.touch(key, wall + mark, wall, n % 4)
         elif op == "forget":
             live.pop(key, None)
             index.forget(key)
         elif op == "rebuild":
-            index.rebuild((k, m, seen) for k, (m, seen) in live.items())
+            index.rebuild((k, m, seen, int(k[1:]) % 4) for k, (m, seen) in live.items())
         else:
             scan = {k for k, (m, seen) in live.items() if is_idle(m, seen, clock, wall, TTL)}
             due = index.due(clock, wall, TTL)
@@ -54,6 +54,7 @@ def test_the_idle_index_names_exactly_the_sessions_a_full_scan_would_close(steps
                 live.pop(k)
                 index.forget(k)
     assert len(index) == len(live)
+    assert all(index.partition_of(k) == int(k[1:]) % 4 for k in live)  # where a store on disk reads it
 
 
 def test_one_session_far_ahead_or_a_flood_from_it_does_not_move_event_time():

@@ -228,6 +228,38 @@ def test_a_restart_loses_nothing_with_the_changelog_repair_off_on_either_broker(
     assert not wrong, f"{engine}: the restart lost history of {sorted(wrong)}"
 
 
+@pytest.mark.parametrize("broker", ["bootstrap", "tansu_bootstrap"])
+def test_a_worker_on_rocksdb_restarts_from_its_disk_and_loses_nothing(
+    broker, request, topics, served_checkpoint, tmp_path
+):
+    """`--store rocksdb://` (`stream.worker.rocks`): the restarted worker finds the sessions on its disk,
+    reads only the changelog written after the offset its databases hold (not the whole changelog again),
+    and every session comes back whole, its sealed chunk and its own record (20 clicks each), on the suite's
+    broker and on Tansu (whose repair copies records onto the disk)."""
+    bootstrap = request.getfixturevalue(broker)
+    data = tmp_path / "data"  # one data folder for both workers, as a restart on the same host has
+    wrong, _, _ = _restart(
+        bootstrap,
+        topics,
+        served_checkpoint,
+        tmp_path,
+        NEXTCLICK_STORE="rocksdb://",
+        NEXTCLICK_DATA_DIR=str(data),
+    )
+    assert not wrong, f"sessions that lost history: {sorted(wrong)}"
+    assert sorted(path.name for path in data.rglob("sessions-*.db")) == [f"sessions-{p}.db" for p in range(4)]
+    logs = sorted(tmp_path.glob("worker-*.log"), key=lambda path: path.stat().st_mtime)
+    reads = [
+        [int(n) for n in re.findall(r"in bulk: (\d+) records .* on disk\)", log.read_text(errors="replace"))]
+        for log in logs
+    ]
+    changelog = asyncio.run(read_changelog(bootstrap, f"{topics.app_id}-sessions-changelog", [0, 1, 2, 3]))
+    print(f"bulk reads {reads} of the changelog's {changelog[1]} records")
+    assert len(reads) == 2 and reads[0] == [0] and 0 < sum(reads[1]) <= 8, (
+        reads
+    )  # each partition's last record
+
+
 def _rewind_group(bootstrap: str, group: str, topic: str) -> None:
     """Commit offset 0 on every partition of `topic` for `group` (no member running): the next worker reads
     every click again, as after a crash or a rebalance before its commit, at its widest."""

@@ -10,12 +10,12 @@ from stream.worker.session import (
     RECS_SEP,
     Session,
     SessionChunk,
-    SessionTable,
     assemble,
     from_stored,
     joined,
     unassembled,
 )
+from stream.worker.table import SessionTable
 
 
 def test_a_session_round_trips_through_its_changelog_json():
