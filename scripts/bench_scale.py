@@ -19,11 +19,14 @@ line per N, after one line per session length with the changelog bytes a click c
 worker writes them and as whole-session records (before). `--profile DIR` samples each start with py-spy
 (collapsed stacks, `DIR/ready-N-COMMIT.txt`, `DIR/restart-N-COMMIT.txt`). `--trees A B` runs the worker from
 each of the checkouts A and B in turn (PYTHONPATH) on the same filled changelog: a before / after in one run.
+`--stores memory:// rocksdb://` runs each tree with each session store in turn on the same changelog
+(`NEXTCLICK_STORE`; the RocksDB databases' size on disk after the restart is `disk_mb`).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -185,8 +188,10 @@ def measure(
     env: dict,
     profile: Path | None,
     trees: list[Path | None],
+    stores: list[str],
 ) -> list[dict]:
-    """One filled changelog, then each worker code tree in turn on it (ready, latency, restart)."""
+    """One filled changelog, then each worker code tree with each store in turn on it (ready, latency,
+    restart)."""
     with (
         tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp,
         local_broker(engine, data_dir=Path(tmp) / "broker") as broker,
@@ -197,9 +202,10 @@ def measure(
         filled = {"sessions": n, "broker": engine, **env, "fill_s": round(time.perf_counter() - t0, 1),
                   "changelog_value_bytes_mean": round(value_bytes / n, 1) if n else None}  # fmt: skip
         results = []
-        for number, tree in enumerate(trees):
+        for number, (tree, store) in enumerate(itertools.product(trees, stores)):
             code = {"PYTHONPATH": str(tree)} if tree is not None else {}
-            result = {**filled, "tree": tree_label(tree)}
+            code["NEXTCLICK_STORE"] = store
+            result = {**filled, "tree": tree_label(tree), "store": store}
             data_dir = str(Path(tmp) / f"worker-data-{number}")
             probe = (f"live-{n - 1}" if n else "new-probe", recs[0])
             for phase in ("ready", "restart"):
@@ -236,6 +242,9 @@ def measure(
                 finally:
                     if worker is not None:
                         worker.stop()
+            result["disk_mb"] = round(
+                sum(f.stat().st_size for f in Path(data_dir).rglob("*") if f.is_file()) / 2**20, 1
+            )
             results.append(result)
         return results
 
@@ -250,6 +259,8 @@ def main() -> None:
     ap.add_argument("--trees", type=Path, nargs="+", default=[None],
                     help="worker code trees (checkouts of this repository) measured in turn on one filled "
                          "changelog, for a side-by-side comparison; default: this one")  # fmt: skip
+    ap.add_argument("--stores", nargs="+", default=["memory://"], choices=["memory://", "rocksdb://"],
+                    help="session stores measured in turn on one filled changelog")  # fmt: skip
     args = ap.parse_args()
     if args.profile:
         args.profile = args.profile.resolve()
@@ -276,7 +287,7 @@ def main() -> None:
             )
         print(json.dumps(row))
     for n in args.sessions:
-        for result in measure(n, args.engine, ck, sessions, recs, env, args.profile, trees):
+        for result in measure(n, args.engine, ck, sessions, recs, env, args.profile, trees, args.stores):
             print(json.dumps(result), flush=True)
 
 

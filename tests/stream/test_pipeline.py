@@ -343,7 +343,10 @@ def test_two_workers_share_the_partitions_and_answer_every_click_once(
     assert answered_a > 0 and answered_b > 0 and answered_a + answered_b == len(clicks)
 
 
-def test_idle_and_over_long_sessions_are_closed_and_published(bootstrap, topics, served_checkpoint, tmp_path):
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_idle_and_over_long_sessions_are_closed_and_published(
+    store, bootstrap, topics, served_checkpoint, tmp_path
+):
     model, _ = load_checkpoint(served_checkpoint)
     vocab = model.vocab.ids[1:]
     worker = WorkerProcess(
@@ -353,6 +356,7 @@ def test_idle_and_over_long_sessions_are_closed_and_published(bootstrap, topics,
         tmp_path,
         NEXTCLICK_SESSION_TTL="60",
         NEXTCLICK_MAX_SESSION_LENGTH="4",
+        NEXTCLICK_STORE=store,
     )
     t0 = 1_700_000_000.0
     try:

@@ -196,9 +196,18 @@ def test_hostile_messages_mixed_into_traffic_go_to_the_dlq_and_every_valid_click
 
 
 # -- worker crash and failover ---------------------------------------------------------------------------
-def test_kill_9_under_load_loses_no_click_and_no_history(bootstrap, topics, served_checkpoint, tmp_path):
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_kill_9_under_load_loses_no_click_and_no_history(
+    store, bootstrap, topics, served_checkpoint, tmp_path
+):
+    """On RocksDB the restarted worker starts on the killed one's data folder, as on the same host: what
+    the kill left on its disk (written, maybe not yet acknowledged or sent) must not cost a click or a
+    history either."""
     model, _ = load_checkpoint(served_checkpoint)
-    worker = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path)
+    env = {"NEXTCLICK_STORE": store}
+    if store == "rocksdb://":
+        env["NEXTCLICK_DATA_DIR"] = str(tmp_path / "data")
+    worker = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path, **env)
     again = None
     try:
         worker.wait_ready()
@@ -206,7 +215,7 @@ def test_kill_9_under_load_loses_no_click_and_no_history(bootstrap, topics, serv
             time.sleep(4)
             worker.stop(signal.SIGKILL)
             killed = time.time()
-            again = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path)
+            again = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path, **env)
             again.wait_ready()
             ready = time.time()
             time.sleep(4)
@@ -219,7 +228,7 @@ def test_kill_9_under_load_loses_no_click_and_no_history(bootstrap, topics, serv
     unanswered, delivery = _delivery(recs, events)
     waits = _waits(recs, load.sent, killed)
     report(
-        "worker kill -9 under load",
+        f"worker kill -9 under load ({store})",
         rate=80,
         **delivery,
         restart_to_ready_s=round(ready - killed, 1),
@@ -258,21 +267,27 @@ def test_the_surviving_worker_takes_over_a_killed_workers_partitions(
     assert max(waits) < 20  # the dead member's session (6 s) expires, the group rebalances, B serves
 
 
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 def test_workers_joining_and_leaving_under_load_lose_no_click_and_no_history(
-    bootstrap, topics, served_checkpoint, tmp_path
+    store, bootstrap, topics, served_checkpoint, tmp_path
 ):
     """Six rebalances under load: a second worker joins and leaves three times (SIGTERM, kill -9,
     SIGTERM) while the first serves 100 clicks/s. Before stream/worker/transport.py's seek fix, faust-streaming
     skipped clicks that arrived during a rebalance (359 of 8,621 in one run, histories broken in another).
-    200 sessions keep every history under the 200-click limit, so each can be compared whole."""
+    200 sessions keep every history under the 200-click limit, so each can be compared whole. On RocksDB
+    the first worker gets its partitions back each time from the databases it kept, read on from their
+    offsets (`stream.worker.rocks`), and each joiner starts on the last one's data folder."""
     model, _ = load_checkpoint(served_checkpoint)
-    a = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path)
+    env = {"NEXTCLICK_STORE": store}
+    a = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path, **env)
+    if store == "rocksdb://":
+        env["NEXTCLICK_DATA_DIR"] = str(tmp_path / "joiner-data")
     joiners: list[WorkerProcess] = []
     try:
         a.wait_ready()
         with Load(bootstrap, topics.clicks, model.vocab.ids[1:], sessions=200, rate=100) as load:
             for how in (signal.SIGTERM, signal.SIGKILL, signal.SIGTERM):
-                b = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path)
+                b = WorkerProcess(bootstrap, topics, served_checkpoint, tmp_path, **env)
                 joiners.append(b)
                 b.wait_ready()
                 time.sleep(3)
@@ -286,7 +301,13 @@ def test_workers_joining_and_leaving_under_load_lose_no_click_and_no_history(
         for b in joiners:
             b.stop()
     _assert_nothing_lost(
-        bootstrap, topics, load, recs, events, "group churn: 3 joins and 3 leaves under load", rate=100
+        bootstrap,
+        topics,
+        load,
+        recs,
+        events,
+        f"group churn: 3 joins and 3 leaves under load ({store})",
+        rate=100,
     )
 
 
