@@ -6,6 +6,8 @@ module `stream.app`; settings come from the environment (`stream.settings.Worker
 State. The `sessions` table maps a session id to a `stream.worker.session.Session`, what must survive a
 restart or rebalance: the session's clicks (item ids and timestamps, at most `max_session_length`), the
 last recommendation list's items (for online evaluation), the user id and where its last click came from.
+The table lives in memory (the default) or on disk in RocksDB (`NEXTCLICK_STORE=rocksdb://`), and the
+pipeline reaches either through the same calls (`stream.worker.table`).
 Writes go to the local store and to the changelog partition of the click that caused them, explicitly: the
 agent handles clicks in micro-batches, where Faust's "current event" would be only the batch's last one.
 The changelog holds a session's clicks in sealed chunks and its own record (`stream.worker.session`), so a
@@ -31,7 +33,8 @@ online evaluation and the published answers follow click order, and each touched
 the changelog once per batch, not once per click.
 
 Rebalances. A partition the worker keeps is not read again (the store is held to the broker's
-acknowledgements of its writes, `stream.worker.store`); one it is newly given is read in bulk to its end.
+acknowledgements of its writes, `stream.worker.store`); one it is newly given is read in bulk to its end
+(on RocksDB from the offset its database holds it to, `stream.worker.rocks`).
 When Faust's recovery has finished and before the stream resumes (`on_rebalance_complete`),
 the worker forgets the sessions of partitions it no longer holds (Faust's memory store forgets only what
 it recovered itself, and the expiry timer would otherwise close another worker's sessions) and, on the
