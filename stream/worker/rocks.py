@@ -41,7 +41,7 @@ from faust.types import TP
 
 from stream.worker.changelog import read_changelog
 from stream.worker.session import SEP, Session, SessionChunk, assemble
-from stream.worker.store import Held
+from stream.worker.store import RESTORE_TIMEOUT, Held
 
 log = logging.getLogger("nextclick.worker")
 
@@ -52,7 +52,6 @@ OPTIONS = {  # per partition's database
     "block_cache_size": 64 * 1024**2,
 }
 WRITE_BATCH = 20_000  # records copied per write batch in a bulk read
-RESTORE_TIMEOUT = 300.0  # seconds for a bulk read before Faust's recovery reads the rest
 
 
 class RocksSessionStore(rocksdb.Store):
