@@ -10,7 +10,7 @@ from typing import Any
 
 from model.errors import UserError
 from stream.kafka.broker import ENGINES
-from stream.settings import KafkaSettings, TrainerSettings, WorkerSettings
+from stream.settings import STORES, KafkaSettings, TrainerSettings, WorkerSettings
 
 EXIT_USER_ERROR = 2
 # the trainer's flags, each a field of TrainerSettings of the same name: (field, type, help text)
@@ -159,6 +159,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     if not settings.checkpoint and not settings.registry:
         raise UserError("nextclick worker needs --checkpoint DIR or --registry DIR")
+    if settings.store not in STORES:
+        raise UserError(
+            f"NEXTCLICK_STORE={settings.store}: the session table is kept in {' or '.join(STORES)}"
+        )
     if settings.checkpoint:
         from model.lifecycle.checkpoint import read_meta
 
@@ -345,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument(
         "--store",
-        choices=["memory://", "rocksdb://"],
+        choices=list(STORES),
         help=WorkerSettings.describe("store", "the session table: in memory or on disk"),
     )
     w.add_argument("--loglevel", default="warning")

@@ -122,6 +122,9 @@ class BrokerSettings(FromEnv):
     kafka_home: str | None = None
 
 
+STORES = ("memory://", "rocksdb://")  # where the worker keeps its session table (stream.worker.table)
+
+
 @dataclasses.dataclass
 class WorkerSettings(KafkaSettings):
     partitions: int = 4  # of the topics the worker creates (clicks, outputs, the table's changelog)

@@ -30,7 +30,8 @@ class SessionTable(faust.Table):
     Recovery after a rebalance also re-reads, for a partition the worker kept, the records it wrote itself
     since the last recovery: a session's record without the chunks sealed before (a CI-style run with
     workers joining and leaving lost 106 sessions' first 16 clicks that way). A session held whole keeps
-    its sealed clicks through that (`Session.resume`).
+    its sealed clicks through that (`Session.resume`). (All of this is the memory store's: on disk a chunk is a
+    record of its own, never rewritten, and a session is assembled when it is read.)
 
     `unassembled` names the keys recovery (Faust's or the bulk read) put a chunk or a pending session
     under since the last `assemble`, so assembling visits those, not every session."""

@@ -143,8 +143,9 @@ def test_model_publish_list_promote(tmp_path, capsys):
     assert "no version v000009" in capsys.readouterr().err
 
 
-def test_a_taken_metrics_port_or_a_missing_gpu_is_one_line_before_the_worker_starts(tmp_path):
-    """Both used to crash inside the running Faust worker with a traceback."""
+def test_a_taken_port_a_missing_gpu_or_an_unknown_store_is_one_line_before_the_worker_starts(tmp_path):
+    """The first two used to crash inside the running Faust worker with a traceback, as would a store
+    Faust does not know."""
     import os
     import socket
 
@@ -161,6 +162,11 @@ def test_a_taken_metrics_port_or_a_missing_gpu_is_one_line_before_the_worker_sta
             (["worker", "--checkpoint", str(ck), "--metrics-port", port], {}, "cannot listen on"),
             (["trainer", "--registry", str(tmp_path / "r"), "--metrics-port", port], {}, "cannot listen on"),
             (["demo", "--metrics-port", port], {}, "cannot listen on"),
+            (
+                ["worker", "--checkpoint", str(ck)],
+                {"NEXTCLICK_STORE": "disk://"},
+                "kept in memory:// or rocksdb://",
+            ),
         ]
         if not torch.cuda.is_available():
             cases.append(
