@@ -113,8 +113,12 @@ class RocksSessionStore(rocksdb.Store):
         found = Held([], {}, [], [])
         chunks: list[tuple[str, int]] = []
         now = time.time()
+        once = rocksdb.rocksdict.ReadOptions()
+        once.fill_cache(False)  # a pass over everything: it would fill the block cache with cold sessions
         for partition in partitions:
-            for raw_key, raw in self._visible_items(self._db_for_partition(partition)):
+            for raw_key, raw in self._db_for_partition(partition).items(read_opt=once):
+                if raw_key == self.offset_key:
+                    continue
                 key = orjson.loads(raw_key)
                 value = orjson.loads(raw)
                 if SEP not in key:
