@@ -73,7 +73,10 @@ async def read_changelog(
             batch = await consumer.getmany(*tps, timeout_ms=idle_ms)
             for tp, records in batch.items():
                 read += len(records)
-                for r in records if copy is None else ():
+                for r in records:
+                    if copy is not None:
+                        copy(tp.partition, r.key, r.value)
+                        continue
                     value = None if r.value is None else orjson.loads(r.value)
                     if decode is not None and value is not None:
                         value = decode(value)
@@ -81,9 +84,6 @@ async def read_changelog(
                         latest[orjson.loads(r.key)] = value
                     else:
                         apply(orjson.loads(r.key), value)
-                if copy is not None:
-                    for r in records:
-                        copy(tp.partition, r.key, r.value)
                 if records:
                     last[tp.partition] = records[-1].offset
             if not batch and all([await consumer.position(tp) >= ends[tp] for tp in tps]):

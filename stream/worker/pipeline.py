@@ -307,11 +307,10 @@ class Pipeline:
             self.metrics.events.labels(outcome="failed").inc(len(clicks))
 
     def _working_state(self, click: Click, partition: int) -> Session:
-        """A copy of the session's stored state to update; the table changes only once the batch is answered."""
+        """A copy of the session's stored state to update (the store's `session` gives one); the table
+        changes only once the batch is answered."""
         stored = self.table.data.session(click.session_id, partition)
-        if stored is None:
-            return Session(user=click.user_id, partition=partition)
-        return stored.copy()
+        return Session(user=click.user_id, partition=partition) if stored is None else stored
 
     async def _answer(self, clicks: list[tuple[EventT, Click]]) -> None:
         """One model call for the whole consumed batch, in click order within each session: the i-th click

@@ -29,7 +29,6 @@ sessions closed meanwhile, which then close again when idle (Faust's RocksDB tab
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -41,7 +40,7 @@ from faust.types import TP
 
 from stream.worker.changelog import read_changelog
 from stream.worker.session import SEP, Session, SessionChunk, assemble
-from stream.worker.store import RESTORE_TIMEOUT, Held
+from stream.worker.store import Held, read_in_bulk
 
 log = logging.getLogger("nextclick.worker")
 
@@ -66,6 +65,7 @@ class RocksSessionStore(rocksdb.Store):
 
     # -- the pipeline's side ----------------------------------------------------------------------------
     def session(self, key: str, partition: int) -> Session | None:
+        """The session read from its partition's database: a new object, the caller's to change."""
         db = self._open(partition)
         value = None if db is None else db.get(orjson.dumps(key))
         if value is None:
@@ -182,15 +182,10 @@ class RocksSessionStore(rocksdb.Store):
             if pending >= WRITE_BATCH:
                 flush()
 
-        bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker)
-        try:
-            read = await asyncio.wait_for(read_changelog(bootstrap, topic, start, copy=copy), RESTORE_TIMEOUT)
-        except Exception as exc:
-            flush()  # what was read is in order: Faust's recovery reads from the offsets held before
-            log.error("bulk restore of partitions %s of %s failed (%r): Faust's recovery reads them",
-                      partitions, topic, exc)  # fmt: skip
+        read = await read_in_bulk(self.app, topic, start, copy=copy)
+        flush()  # after a failed read too: what was read is in order, and the offsets held stay as they were
+        if read is None:
             return
-        flush()
         for partition, offset in read.last.items():
             super().set_persisted_offset(TP(topic, partition), offset)
         log.info("restored partitions %s of %s in bulk: %d records in %.1f s (from offsets %s, on disk)",

@@ -14,8 +14,8 @@ their ids joined by `RECS_SEP` (`recs`): read back as a list, a restored session
 more).
 
 In the changelog a session is one JSON object with short keys (`items`, `times`, `recs` (one string),
-`user`, `p`, `o`, `mark`, `seen`, `sealed`), written with orjson; `stream.worker.table.SessionTable` makes Faust's recovery
-hand back `Session` records, not dicts.
+`user`, `p`, `o`, `mark`, `seen`, `sealed`), written with orjson; `stream.worker.table.SessionTable`
+makes Faust's recovery hand back `Session` records, not dicts.
 
 The changelog's bytes per click do not grow with the session. Its clicks go to the changelog in sealed
 chunks of `CHUNK`, each written once under its own key (`chunk_key`: the session id, `SEP`, the chunk's

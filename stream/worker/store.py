@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 from faust.stores.memory import Store
 from faust.types import TP
 
-from stream.worker.changelog import read_changelog
+from stream.worker.changelog import ChangelogRead, read_changelog
 from stream.worker.heap import collector_paused_then_frozen
 from stream.worker.session import Absorbed, Session, absorbed_key, assemble, from_stored
 
@@ -68,7 +68,9 @@ class BulkRestoredStore(Store):
 
     # -- the pipeline's side (the same calls as `stream.worker.rocks.RocksSessionStore`) -------------------
     def session(self, key: str, partition: int) -> Session | None:
-        return self.data.get(key)
+        """A copy of the session to change: the table changes only once its batch is answered (`hold`)."""
+        stored = self.data.get(key)
+        return None if stored is None else stored.copy()
 
     def hold(self, key: str, session: Session) -> None:
         self.data[key] = session
@@ -133,24 +135,32 @@ class BulkRestoredStore(Store):
 
     async def restore(self, topic: str, partitions: list[int]) -> None:
         t0 = time.perf_counter()
-        bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker)
         # each record into the table as it is read, in order (last write wins, tombstones delete); the
         # sessions made are frozen out of the collector's sight, or the next collections walk them all
-        read = read_changelog(
-            bootstrap, topic, partitions, decode=self.table._to_value, apply=self.table.put_stored
-        )
-        try:
-            with collector_paused_then_frozen():
-                _, records, last, _ = await asyncio.wait_for(read, RESTORE_TIMEOUT)
-        except Exception as exc:
-            # Faust's recovery reads them from the start instead, over what the read applied (last write
-            # wins: the same end state): slower, as complete
-            log.error("bulk restore of partitions %s of %s failed (%r): Faust's recovery reads them",
-                      partitions, topic, exc)  # fmt: skip
+        with collector_paused_then_frozen():
+            read = await read_in_bulk(
+                self.app, topic, partitions, decode=self.table._to_value, apply=self.table.put_stored
+            )
+        if read is None:
             return
-        for partition, offset in last.items():
+        for partition, offset in read.last.items():
             # the real last offset, which can lie beyond Tansu's reported end: the app turns off Faust's
             # check that refuses a persisted offset past it (`stream.worker.pipeline.base_app`)
             self.restored_to[TP(topic, partition)] = offset
-        log.info("restored partitions %s of %s in bulk: %d records in %.1f s", partitions, topic, records,
-                 time.perf_counter() - t0)  # fmt: skip
+        log.info("restored partitions %s of %s in bulk: %d records in %.1f s", partitions, topic,
+                 read.records, time.perf_counter() - t0)  # fmt: skip
+
+
+async def read_in_bulk(
+    app: Any, topic: str, partitions: list[int] | dict[int, int], **how: Any
+) -> ChangelogRead | None:
+    """`read_changelog` on the app's brokers within `RESTORE_TIMEOUT`; None, logged, when it fails: Faust's
+    recovery then reads those partitions instead, from the offsets the store held before, over what the read
+    applied (last write wins: the same end state), slower, as complete."""
+    bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
+    try:
+        return await asyncio.wait_for(read_changelog(bootstrap, topic, partitions, **how), RESTORE_TIMEOUT)
+    except Exception as exc:
+        log.error("bulk restore of partitions %s of %s failed (%r): Faust's recovery reads them",
+                  sorted(partitions), topic, exc)  # fmt: skip
+        return None

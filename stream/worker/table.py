@@ -4,9 +4,9 @@
 reads newly assigned changelog partitions in bulk (`stream.worker.store`); `rocksdb://` keeps each
 partition's changelog records in RocksDB on disk and reads a session when a click of it comes
 (`stream.worker.rocks`). The pipeline reaches either through the same few calls on `table.data`:
-`session(key, partition)`, `hold` (memory keeps the session), `write` (the disk keeps each changelog
-record), `drop`, `forget_except` (the sessions of partitions gone at a rebalance), `scan` (what the
-partitions held contain after one) and `read_since` (the Tansu repair).
+`session(key, partition)` (a copy to change), `hold` (memory keeps the session), `write` (the disk keeps
+each changelog record), `drop`, `forget_except` (the sessions of partitions gone at a rebalance), `scan`
+(what the partitions held contain after one) and `read_since` (the Tansu repair).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ class SessionTable(faust.Table):
     Recovery after a rebalance also re-reads, for a partition the worker kept, the records it wrote itself
     since the last recovery: a session's record without the chunks sealed before (a CI-style run with
     workers joining and leaving lost 106 sessions' first 16 clicks that way). A session held whole keeps
-    its sealed clicks through that (`Session.resume`). (All of this is the memory store's: on disk a chunk is a
-    record of its own, never rewritten, and a session is assembled when it is read.)
+    its sealed clicks through that (`Session.resume`). (All of this is the memory store's: on disk a chunk
+    is a record of its own, never rewritten, and a session is assembled when it is read.)
 
     `unassembled` names the keys recovery (Faust's or the bulk read) put a chunk or a pending session
     under since the last `assemble`, so assembling visits those, not every session."""
