@@ -268,6 +268,10 @@ class GRU4Rec(Bf16Scoring, nn.Module):
         scores[:, 0] = -torch.inf
         return scores
 
+    def top_k(self, out: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """score_all's k best items (values, items), without its matrix at a large catalogue."""
+        return self.top_scores(out, self.wy.weight, k, bias=self.by.weight)
+
 
 # ------------------------------------------------------------------------------------------------ recommender
 class GRU4RecRecommender(Recommender):
@@ -385,6 +389,26 @@ class GRU4RecRecommender(Recommender):
         self.net.eval()
         vec, state = self.net.step(items.to(self.device), state.to(self.device))
         return self.net.score_all(vec), state
+
+    @torch.inference_mode()
+    def step_top(
+        self, items: torch.Tensor, state: torch.Tensor, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`step` as the worker serves it: the k best items and their scores after one more click (as
+        `recommend` gives them), and the new state."""
+        self.net.eval()
+        vec, state = self.net.step(items.to(self.device), state.to(self.device))
+        values, top = self.net.top_k(vec, min(k, self.n_items))
+        return top.cpu(), values.float().cpu(), state
+
+    @torch.inference_mode()
+    def recommend(
+        self, sessions: Sequence[np.ndarray], k: int = 20, exclude_seen: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if exclude_seen:
+            return super().recommend(sessions, k, exclude_seen)
+        values, items = self.net.top_k(self._run(sessions)[0], min(k, self.n_items))
+        return items.cpu(), values.float().cpu()
 
     def _run(self, sessions: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Last-layer output and state after each whole session (an empty session: zeros)."""

@@ -127,6 +127,11 @@ class MTAW(Bf16Scoring, nn.Module):
         logits[:, 0] = -torch.inf
         return logits
 
+    def top_k(self, seq: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward's k best items (values, items), without its (B, n_items + 1) matrix at a large catalogue."""
+        o = F.normalize(self.session_vector(seq), dim=-1)
+        return self.top_scores(o, self.embedding.weight, k, normalize=True, scale=self.p.scale)
+
     def score_items(self, seq: torch.Tensor, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """forward's scores of items[j] for session rows[j] only: d multiplications each instead of a
         product with every item (the rerank's neural group scores its few hundred candidates a session)."""

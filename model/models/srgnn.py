@@ -162,6 +162,10 @@ class SRGNN(Bf16Scoring, nn.Module):
         logits[:, 0] = -torch.inf  # in place: cheaper than scoring a slice (whose gradient is a full copy)
         return logits
 
+    def top_k(self, seq: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """forward's k best items (values, items), without its (B, n_items + 1) matrix at a large catalogue."""
+        return self.top_scores(self.session_vector(seq), self.embedding.weight, k)
+
     def loss(self, seq: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self(seq), labels)
 

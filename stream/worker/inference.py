@@ -308,13 +308,12 @@ class InferenceService:
         if rebuild:
             rebuilt = iter(model.final_states(rebuild))
             states = [next(rebuilt) if st is None else st for st in states]
-        scores, new = model.step(torch.as_tensor(lasts), torch.stack(states))  # type: ignore[arg-type]
+        items, scores, new = model.step_top(torch.as_tensor(lasts), torch.stack(states), self.k)  # type: ignore[arg-type]
         for row, i in enumerate(answered):
             r = requests[i]
             if r.session_id:
                 cache.put(r.session_id, len(r.history), new[row])
-        top = torch.topk(scores[:, 1:], min(self.k, model.n_items), dim=1)  # column 0 is padding
-        return answered, (top.indices + 1).cpu(), top.values.float().cpu()
+        return answered, items, scores
 
 
 def _known(model: Recommender, history: list[str]) -> np.ndarray:

@@ -9,6 +9,8 @@ Each model is fitted once on the synthetic world (`tiny_data`) the way the CLI f
 - `exclude_seen` keeps the session's own items out;
 - incremental inference (the stream's state cache: `final_states` of the history, then `step` with the
   last click) equals recomputation from the first click, where a model has it;
+- `recommend` (and `step_top`, the stream's cached path) gives `score`'s (`step`'s) top k, also where a
+  large catalogue is scored in chunks, in float32 and in serving's bfloat16;
 - a session's answer does not depend on the other sessions in its batch, their order or the batch size,
   and the evaluation's metrics do not depend on its batch size;
 - it learns: clearly above a uniformly random ranking, and a model other than popularity clearly above
@@ -28,6 +30,7 @@ from model.data.dataset import SessionData
 from model.lifecycle.checkpoint import load_checkpoint, save_checkpoint
 from model.lifecycle.experiment import epoch_field, evaluate_model, fit_model, make_model
 from model.models.base import Recommender
+from model.models.layers import Bf16Scoring
 from model.models.zoo import MODELS, model_class
 
 # Smaller than the defaults so the suite stays quick on 2 cores; a model not listed is fitted with its
@@ -113,6 +116,34 @@ def test_incremental_inference_equals_recomputation(fitted, tiny_data):
     for item in longest:
         step_scores, state = fitted.step(torch.tensor([int(item)]), state)
     assert torch.allclose(step_scores[0, 1:], fitted.score([longest])[0, 1:], atol=ATOL)
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16"])
+@pytest.mark.parametrize("chunk_items", [None, 7], ids=["whole", "in-chunks"])
+def test_recommend_gives_the_top_of_score(fitted, tiny_data, monkeypatch, chunk_items, bf16):
+    net = getattr(fitted, "net", None)
+    if (chunk_items or bf16) and not isinstance(net, Bf16Scoring):
+        pytest.skip(f"{fitted.name} does not score a table of items")
+    if chunk_items:
+        monkeypatch.setattr(net, "chunk_items", chunk_items)  # 200 items: 29 chunks, merged
+    if bf16:
+        monkeypatch.setattr(net, "scoring_bf16", True)
+    atol = 0.02 if bf16 else ATOL  # bfloat16 keeps 8 bits: products of another shape round apart
+    sessions = prefixes(tiny_data, 64)
+    k = 20
+    items, values = fitted.recommend(sessions, k=k)
+    scores = fitted.score(sessions).float()
+    best = torch.topk(scores[:, 1:], k, dim=1).values
+    assert torch.allclose(values, best, atol=atol), "not the k best scores"
+    assert torch.allclose(scores.gather(1, items), values, atol=atol), "an item with another item's score"
+    assert all(len(set(row)) == k for row in items.tolist()) and bool((items >= 1).all())
+    if hasattr(fitted, "step_top"):
+        state = fitted.final_states([s[:-1] for s in sessions])
+        last = torch.as_tensor(np.array([s[-1] for s in sessions]))
+        step_scores = fitted.step(last, state)[0].float()
+        top_items, top_values, _ = fitted.step_top(last, state, k)
+        assert torch.allclose(top_values, torch.topk(step_scores[:, 1:], k, dim=1).values, atol=atol)
+        assert torch.allclose(step_scores.gather(1, top_items), top_values, atol=atol)
 
 
 def test_answers_do_not_depend_on_the_batch(fitted, tiny_data):
