@@ -50,11 +50,12 @@ def main() -> None:
         model = make_model(args.model, data, sets=sets, epochs=epochs)
         t0 = time.perf_counter()
         history = model.fit(fit, valid, progress=True)
+        best = {"epoch": None}
         if history.get("epochs"):
             best = history["epochs"][history["best_epoch"] - 1]  # fit's own early-stopping choice
-        else:  # nothing to stop early (the kNN models): the fitted model scored on the validation samples
+        if "valid_recall@20" not in best:  # stopped on its own split (rerank) or not in epochs (kNN)
             m = evaluate(model.score, valid, ks=(20,))
-            best = {"epoch": None, "valid_recall@20": m["recall@20"], "valid_mrr@20": m["mrr@20"]}
+            best = {**best, "valid_recall@20": m["recall@20"], "valid_mrr@20": m["mrr@20"]}
         row = {
             **dict(zip(names, combo, strict=True)),
             "best_epoch": best["epoch"],

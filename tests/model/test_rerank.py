@@ -16,6 +16,7 @@ from model.errors import UserError
 from model.lifecycle.checkpoint import load_checkpoint, save_checkpoint
 from model.lifecycle.experiment import evaluate_model, fit_model, make_model
 from model.lifecycle.retrain import train_candidate
+from model.models import rerank
 from model.models.rerank import (
     FEATURES,
     KnnReranker,
@@ -126,6 +127,15 @@ def test_a_session_gets_the_same_bits_alone_and_in_a_batch(fitted, tiny_data: Se
         assert torch.equal(fitted.score([sessions[i]])[0], together[i])
         alone_items, alone_values = fitted.recommend([sessions[i]], k=20)
         assert torch.equal(alone_items[0], items[i]) and torch.equal(alone_values[0], values[i])
+
+
+def test_the_exact_scorer_gives_the_same_bits_in_chunks(fitted, tiny_data: SessionData, monkeypatch):
+    """Serving scores a large batch's candidates `EXACT_CHUNK` at a time (the caches); the bits must not move."""
+    candidates = fitted.candidates(tiny_data.test.prefixes(range(256)))
+    whole = fitted._candidate_scores(candidates, exact=True)
+    monkeypatch.setattr(rerank, "EXACT_CHUNK", 7)
+    assert candidates.mask.sum() > 100 * 7, "too few candidates to make many chunks"
+    assert torch.equal(fitted._candidate_scores(candidates, exact=True), whole)
 
 
 def test_equal_scores_are_ordered_by_item_in_every_batch(fitted, tiny_data: SessionData):
