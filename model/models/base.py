@@ -71,6 +71,9 @@ class Recommender:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k item indices and their scores for each session, padding (and optionally the session's own
         items) excluded. Sessions must be non-empty; the stream handles empty ones with its fallback."""
+        if not exclude_seen and (top := self.top_k(sessions, min(k, self.n_items))) is not None:
+            values, items = top
+            return items.cpu(), values.float().cpu()
         scores = self.score(sessions)
         if exclude_seen:
             scores = scores.to(torch.float32, copy=True)
@@ -80,6 +83,11 @@ class Recommender:
         # column 0 (padding) is left out by slicing: no pass over the (B, n_items) matrix to mask it
         top = torch.topk(scores[:, 1:], min(k, self.n_items), dim=1)
         return (top.indices + 1).cpu(), top.values.float().cpu()
+
+    def top_k(self, sessions: Sequence[np.ndarray], k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`score`'s k best items as (values, items), for a model that finds them without the (B, n_items
+        + 1) matrix (the neural models at a large catalogue); None: `recommend` takes them from `score`."""
+        return None
 
     def to(self, device: torch.device | str) -> Recommender:
         self.device = torch.device(device)

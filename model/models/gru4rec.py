@@ -401,14 +401,8 @@ class GRU4RecRecommender(Recommender):
         values, top = self.net.top_k(vec, min(k, self.n_items))
         return top.cpu(), values.float().cpu(), state
 
-    @torch.inference_mode()
-    def recommend(
-        self, sessions: Sequence[np.ndarray], k: int = 20, exclude_seen: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if exclude_seen:
-            return super().recommend(sessions, k, exclude_seen)
-        values, items = self.net.top_k(self._run(sessions)[0], min(k, self.n_items))
-        return items.cpu(), values.float().cpu()
+    def top_k(self, sessions: Sequence[np.ndarray], k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net.top_k(self._run(sessions)[0], k)
 
     def _run(self, sessions: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """Last-layer output and state after each whole session (an empty session: zeros)."""

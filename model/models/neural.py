@@ -174,18 +174,9 @@ class NeuralRecommender(Recommender):
         self.net.eval()
         return self.net(pad_sessions(sessions, self.max_len).to(self.device))
 
-    @torch.inference_mode()
-    def recommend(
-        self, sessions: Sequence[np.ndarray], k: int = 20, exclude_seen: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The net's own top k (`Bf16Scoring.top_scores`: no (B, n_items) matrix at a large catalogue)."""
-        if exclude_seen:
-            return super().recommend(sessions, k, exclude_seen)
+    def top_k(self, sessions: Sequence[np.ndarray], k: int) -> tuple[torch.Tensor, torch.Tensor]:
         self.net.eval()
-        values, items = self.net.top_k(
-            pad_sessions(sessions, self.max_len).to(self.device), min(k, self.n_items)
-        )
-        return items.cpu(), values.float().cpu()
+        return self.net.top_k(pad_sessions(sessions, self.max_len).to(self.device), k)
 
     @torch.inference_mode()
     def score_items(
