@@ -71,7 +71,8 @@ class Recommender:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k item indices and their scores for each session, padding (and optionally the session's own
         items) excluded. Sessions must be non-empty; the stream handles empty ones with its fallback."""
-        if not exclude_seen and (top := self.top_k(sessions, min(k, self.n_items))) is not None:
+        k = min(k, self.n_items)
+        if not exclude_seen and (top := self.top_k(sessions, k)) is not None:
             values, items = top
             return items.cpu(), values.float().cpu()
         scores = self.score(sessions)
@@ -81,7 +82,7 @@ class Recommender:
             cols = np.concatenate([np.asarray(s, dtype=np.int64) for s in sessions])
             scores[torch.as_tensor(rows), torch.as_tensor(cols)] = -torch.inf
         # column 0 (padding) is left out by slicing: no pass over the (B, n_items) matrix to mask it
-        top = torch.topk(scores[:, 1:], min(k, self.n_items), dim=1)
+        top = torch.topk(scores[:, 1:], k, dim=1)
         return (top.indices + 1).cpu(), top.values.float().cpu()
 
     def top_k(self, sessions: Sequence[np.ndarray], k: int) -> tuple[torch.Tensor, torch.Tensor] | None:

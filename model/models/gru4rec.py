@@ -398,7 +398,7 @@ class GRU4RecRecommender(Recommender):
         `recommend` gives them), and the new state."""
         self.net.eval()
         vec, state = self.net.step(items.to(self.device), state.to(self.device))
-        values, top = self.net.top_k(vec, min(k, self.n_items))
+        values, top = self.net.top_k(vec, k)  # at most every item (`top_scores`)
         return top.cpu(), values.float().cpu(), state
 
     def top_k(self, sessions: Sequence[np.ndarray], k: int) -> tuple[torch.Tensor, torch.Tensor]:
