@@ -98,6 +98,22 @@ def test_candidate_features_follow_the_session(fitted):
     assert features["knn"].max() == pytest.approx(1.0)  # scaled by the row's maximum
 
 
+def test_recent_popularity_counts_the_newest_sessions_only(tiny_data):
+    """The trend feature: an item's clicks among the newest `trend_fraction` of the indexed sessions (time
+    order), log-scaled by the most clicked one's there; older clicks do not count."""
+    sessions = [[1, 1, 1, 1], [2, 3], [1, 2], [3, 3, 4], [4, 3]]  # the newest two: [3, 3, 4], [4, 3]
+    params = dataclasses.replace(KnnReranker.Params(), trend_fraction=0.4, features="knn,rules,repeat,trend")
+    model = KnnReranker(tiny_data.vocab, params)
+    model._index(Sessions.from_lists(sessions))
+    counts = {1: 0, 2: 0, 3: 3, 4: 2}
+    for item, n in counts.items():
+        assert model.log_recent_popularity[item] == pytest.approx(np.log1p(n) / np.log1p(3))
+    c = model.candidates([np.array([1, 3], dtype=np.int64)])
+    column = c.features[0][c.mask[0]][:, FEATURES.index("recent_popularity")]
+    assert np.array_equal(column, model.log_recent_popularity[c.items[0][c.mask[0]]])
+    assert model.net.layers[0].in_features == len(FEATURES) - 2  # the trend's one input, not the neural two
+
+
 def test_no_test_sample_sees_another(fitted, tiny_data: SessionData, tmp_path: Path):
     """A checkpoint's metrics on a test set equal those on the same set shuffled, and at batch sizes 1 and
     512: the kNN part, the rules, the repeat features and the scorer all look at one session at a time."""
