@@ -141,7 +141,7 @@ class RerankParams:
     batch_size: int = 32  # samples per step (and per featurised chunk): chosen on validation (below)
     rerank_fraction: float = 0.1  # newest training sessions held out to train the scorer on
     dev_fraction: float = 0.2  # newest share of those samples choosing the epoch
-    # feature groups in use (ablations); before the trend group (a checkpoint without the field): the first three
+    # feature groups in use (ablations); a checkpoint saved without the field: the three before the trend group
     features: str = dataclasses.field(
         default="knn,rules,repeat,trend", metadata={"before": "knn,rules,repeat"}
     )
@@ -257,6 +257,12 @@ def _row_max(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+def _log_popularity(items: np.ndarray, n_items: int) -> np.ndarray:
+    """log(1 + clicks) of every item (row 0 the padding), scaled into [0, 1] by the most clicked one's."""
+    pop = np.bincount(items, minlength=n_items + 1).astype(np.float64)
+    return (np.log1p(pop) / np.log1p(max(pop.max(), 1.0))).astype(np.float32)
+
+
 def _in_use(feature: str, groups: set[str]) -> bool:
     """Whether the scorer reads a feature: those of no group (popularity, session length) always."""
     return all(g in groups for g, names in GROUPS.items() if feature in names)
@@ -333,13 +339,11 @@ class KnnReranker(Recommender):
         counts = np.bincount(top // width, minlength=width)
         self.rules_top = np.zeros((width, max(int(counts.max(initial=0)), 1)), dtype=np.int64)
         self.rules_top[top // width, positions_in_rows(counts)] = top % width
-        pop = np.bincount(sessions.items, minlength=self.n_items + 1).astype(np.float64)
-        self.log_popularity = (np.log1p(pop) / np.log1p(max(pop.max(), 1.0))).astype(np.float32)
+        self.log_popularity = _log_popularity(sessions.items, self.n_items)
         self.popular_order = np.argsort(-self.log_popularity[1:], kind="stable") + 1
         newest = max(round(len(sessions) * self.params.trend_fraction), 1)
         recent = sessions.items[sessions.offsets[max(len(sessions) - newest, 0)] :]
-        pop = np.bincount(recent, minlength=self.n_items + 1).astype(np.float64)
-        self.log_recent_popularity = (np.log1p(pop) / np.log1p(max(pop.max(), 1.0))).astype(np.float32)
+        self.log_recent_popularity = _log_popularity(recent, self.n_items)
 
     # -- candidates and their features ------------------------------------------------------------------
     def candidates(self, sessions: Sequence[np.ndarray]) -> Candidates:
