@@ -54,12 +54,18 @@ class Fallback:
         return cls([str(i) for i in items], [float(s) for s in scores], float(window))
 
 
+def window_clicks(sessions: Sessions, n_items: int, window: float) -> np.ndarray:
+    """Each item's clicks (index 0 the padding) in the newest `window` share of `sessions` (time order;
+    at least the newest session, all of them at 1.0)."""
+    start = sessions.offsets[len(sessions) - max(1, round(window * len(sessions)))]
+    return np.bincount(sessions.items[start:], minlength=n_items + 1)
+
+
 def _ranking(sessions: Sessions, n_items: int, window: float) -> tuple[np.ndarray, np.ndarray]:
     """Items (indices >= 1) ranked by clicks in the newest `window` of `sessions`, ties by all clicks;
     and the window's click counts."""
     everything = np.bincount(sessions.items, minlength=n_items + 1)
-    start = sessions.offsets[len(sessions) - max(1, round(window * len(sessions)))]
-    recent = np.bincount(sessions.items[start:], minlength=n_items + 1)
+    recent = window_clicks(sessions, n_items, window)
     order = np.lexsort((-everything[1:], -recent[1:])) + 1  # the last key sorts first
     return order, recent
 

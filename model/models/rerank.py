@@ -96,6 +96,7 @@ from model.data.sessions import Samples, Sessions, prefix_samples, split_last
 from model.data.vocab import ItemVocab
 from model.metrics import RankAccumulator
 from model.models.base import Recommender
+from model.models.fallback import window_clicks
 from model.models.knn import KnnParams, SessionKnn, positions_in_rows, top_k_per_row
 from model.training.progress import report_epoch
 
@@ -257,9 +258,9 @@ def _row_max(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _log_popularity(items: np.ndarray, n_items: int) -> np.ndarray:
-    """log(1 + clicks) of every item (row 0 the padding), scaled into [0, 1] by the most clicked one's."""
-    pop = np.bincount(items, minlength=n_items + 1).astype(np.float64)
+def _log_scaled(clicks: np.ndarray) -> np.ndarray:
+    """log(1 + clicks) of every item, scaled into [0, 1] by the most clicked one's."""
+    pop = clicks.astype(np.float64)
     return (np.log1p(pop) / np.log1p(max(pop.max(), 1.0))).astype(np.float32)
 
 
@@ -339,11 +340,11 @@ class KnnReranker(Recommender):
         counts = np.bincount(top // width, minlength=width)
         self.rules_top = np.zeros((width, max(int(counts.max(initial=0)), 1)), dtype=np.int64)
         self.rules_top[top // width, positions_in_rows(counts)] = top % width
-        self.log_popularity = _log_popularity(sessions.items, self.n_items)
+        self.log_popularity = _log_scaled(window_clicks(sessions, self.n_items, 1.0))
         self.popular_order = np.argsort(-self.log_popularity[1:], kind="stable") + 1
-        newest = max(round(len(sessions) * self.params.trend_fraction), 1)
-        recent = sessions.items[sessions.offsets[max(len(sessions) - newest, 0)] :]
-        self.log_recent_popularity = _log_popularity(recent, self.n_items)
+        self.log_recent_popularity = _log_scaled(
+            window_clicks(sessions, self.n_items, self.params.trend_fraction)
+        )
 
     # -- candidates and their features ------------------------------------------------------------------
     def candidates(self, sessions: Sequence[np.ndarray]) -> Candidates:
