@@ -52,6 +52,13 @@ class Sessions:
         for i in range(len(self)):
             yield self[i]
 
+    def appended(self, extra: Sequence[np.ndarray]) -> Sessions:
+        """These sessions, then `extra` (item indices, newest last); without times or users."""
+        more = Sessions.from_lists(extra)
+        return Sessions(
+            np.r_[self.offsets, self.offsets[-1] + more.offsets[1:]], np.r_[self.items, more.items]
+        )
+
     def session_of_event(self) -> np.ndarray:
         """For each event, the index of its session."""
         return np.repeat(np.arange(len(self), dtype=np.int64), self.lengths)

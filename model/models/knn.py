@@ -31,6 +31,7 @@ items that kNN leaves unordered.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Sequence
 from typing import Any
@@ -105,6 +106,16 @@ class SessionKnn(Recommender):
         self.session_items = train.items
         self._index()
         return {"sessions": len(train)}
+
+    def with_sessions(self, extra: Sequence[np.ndarray]) -> SessionKnn:
+        """A copy that also holds `extra` (sessions newer than the rest, as item indices): the index `fit`
+        makes on all of them. The worker's way to learn from closed sessions between retrains
+        (`stream.worker.absorb`)."""
+        both = Sessions(self.session_offsets, self.session_items).appended(extra)
+        new = copy.copy(self)
+        new.session_offsets, new.session_items = both.offsets, both.items
+        new._index()
+        return new
 
     def _index(self) -> None:
         """Session x item incidence (binary) and its transpose, scaled for the similarity."""

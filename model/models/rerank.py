@@ -80,6 +80,7 @@ over a few hundred candidates a session; a GPU would only add copies.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Sequence
@@ -345,6 +346,14 @@ class KnnReranker(Recommender):
         self.log_recent_popularity = _log_scaled(
             window_clicks(sessions, self.n_items, self.params.trend_fraction)
         )
+
+    def with_sessions(self, extra: Sequence[np.ndarray]) -> KnnReranker:
+        """A copy whose index also holds `extra` (sessions newer than the rest, as item indices), as `fit`'s
+        last step indexes all its sessions; the scorer (and a neural group's model) shared, unchanged. The
+        worker's way to learn from closed sessions between retrains (`stream.worker.absorb`)."""
+        new = copy.copy(self)
+        new._index(Sessions(self.session_offsets, self.session_items).appended(extra))
+        return new
 
     # -- candidates and their features ------------------------------------------------------------------
     def candidates(self, sessions: Sequence[np.ndarray]) -> Candidates:

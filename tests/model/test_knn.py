@@ -113,3 +113,20 @@ def test_recommend_is_the_top_of_score_without_its_dense_rows(tiny_data):
         alone = model.recommend([sessions[3]], k=k)[0]
         assert alone.tolist()[0] == items[3].tolist()
     assert items[-1].tolist() == model.popular_order[:150].tolist()
+
+
+def test_with_sessions_is_the_index_fit_makes_on_them_all(tiny_data):
+    """V-SKNN's absorbed sessions (`with_sessions`, the worker's between retrains) give the model `fit`
+    makes on old and new sessions together; the model they came from is unchanged."""
+    model = make_model("vsknn", tiny_data)
+    fit_model(model, tiny_data)
+    sessions = [tiny_data.train[j][:3] for j in range(40)]
+    before = model.score(sessions)
+    extra = [np.array([3, 5, 3, 7]), np.array([5, 7]), np.array([2, 9, 11, 2, 5])]
+    grown = model.with_sessions(extra)
+    indexed = Sessions(model.session_offsets, model.session_items)
+    refit = make_model("vsknn", tiny_data)
+    refit.fit(Sessions.from_lists([*map(list, indexed), *map(list, extra)]))
+    np.testing.assert_array_equal(grown.score(sessions).numpy(), refit.score(sessions).numpy())
+    assert not np.array_equal(grown.score(sessions).numpy(), before.numpy())
+    np.testing.assert_array_equal(model.score(sessions).numpy(), before.numpy())

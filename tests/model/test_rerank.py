@@ -373,3 +373,21 @@ def test_the_neural_last_pass_is_checked_on_dev_without_training_on_it(tiny_data
     if not made:  # back to the weights from before the trial
         for key, value in model.neural.state_tensors().items():
             assert torch.equal(value, after_older[key]), key
+
+
+def test_with_sessions_is_the_index_fit_makes_on_them_all(fitted: KnnReranker, tiny_data: SessionData):
+    """What the worker absorbs between retrains (`with_sessions`) gives the index `fit`'s last step would
+    make on the old and the new sessions together, the scorer unchanged, and leaves the model it came from
+    as it was."""
+    sessions = [tiny_data.train[j][:3] for j in range(40)]
+    before = fitted.score(sessions)
+    extra = [np.array([3, 5, 3, 7]), np.array([5, 7]), np.array([2, 9, 11, 2, 5])]
+    grown = fitted.with_sessions(extra)
+    rebuilt = KnnReranker(tiny_data.vocab, fitted.params)
+    rebuilt.net.load_state_dict(fitted.net.state_dict())
+    indexed = Sessions(fitted.session_offsets, fitted.session_items)
+    rebuilt._index(Sessions.from_lists([*map(list, indexed), *map(list, extra)]))
+    np.testing.assert_array_equal(grown.score(sessions).numpy(), rebuilt.score(sessions).numpy())
+    assert len(grown.session_offsets) == len(fitted.session_offsets) + len(extra)
+    assert not np.array_equal(grown.score(sessions).numpy(), before.numpy())  # the new sessions count
+    np.testing.assert_array_equal(fitted.score(sessions).numpy(), before.numpy())
