@@ -140,6 +140,20 @@ class Metrics(Endpoint):
         self.state_cache_sessions = Gauge(
             "nextclick_state_cache_sessions", "Sessions with a cached hidden state", registry=r
         )
+        self.learned_sessions = Gauge(
+            "nextclick_learned_sessions",
+            "Closed sessions the served version took into its index since it came (stream.worker.learning)",
+            registry=r,
+        )
+        self.learn_seconds = Histogram(
+            "nextclick_learn_seconds",
+            "Re-indexing the served version with the closed sessions",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.learn_failures = Counter(
+            "nextclick_learn_failures_total", "Re-indexings that failed (the served model stays)", registry=r
+        )
 
         # every known label value starts at 0, so that dashboards and alerts see a series (and a rate of 0)
         # before the first event of its kind

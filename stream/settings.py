@@ -153,6 +153,8 @@ class WorkerSettings(KafkaSettings):
     web_port: int = 0  # Faust's web server: 0 = disabled
     expiry_interval: float = 5.0  # seconds between scans for idle sessions
     registry_poll_interval: float = 2.0  # seconds between looks at the registry's LATEST
+    # seconds between re-indexings of V-SKNN / the rerank with the sessions closed since (0 = never)
+    learn_interval: float = 30.0
 
 
 def _trainer(default: Any, name: str) -> Any:

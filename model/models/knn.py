@@ -110,7 +110,7 @@ class SessionKnn(Recommender):
     def with_sessions(self, extra: Sequence[np.ndarray]) -> SessionKnn:
         """A copy that also holds `extra` (sessions newer than the rest, as item indices): the index `fit`
         makes on all of them. The worker's way to learn from closed sessions between retrains
-        (`stream.worker.absorb`)."""
+        (`stream.worker.learning`)."""
         both = Sessions(self.session_offsets, self.session_items).appended(extra)
         new = copy.copy(self)
         new.session_offsets, new.session_items = both.offsets, both.items

@@ -350,7 +350,7 @@ class KnnReranker(Recommender):
     def with_sessions(self, extra: Sequence[np.ndarray]) -> KnnReranker:
         """A copy whose index also holds `extra` (sessions newer than the rest, as item indices), as `fit`'s
         last step indexes all its sessions; the scorer (and a neural group's model) shared, unchanged. The
-        worker's way to learn from closed sessions between retrains (`stream.worker.absorb`)."""
+        worker's way to learn from closed sessions between retrains (`stream.worker.learning`)."""
         new = copy.copy(self)
         new._index(Sessions(self.session_offsets, self.session_items).appended(extra))
         return new

@@ -194,6 +194,11 @@ class InferenceService:
         self.metrics.set_model(served.name, served.version)
         self.metrics.model_swaps.inc()
 
+    def refresh(self, served: Served) -> None:
+        """Serve the same version with a grown index (`stream.worker.learning`) from the next micro-batch on:
+        no swap, the version's label and metrics stay."""
+        self.served = served
+
     async def recommend(self, history: list[str], session_id: str | None = None) -> Answer:
         """One request alone: it waits up to `max_wait_ms` for others to share its model call."""
         ask = self._ask(self.served, history, session_id)

@@ -75,6 +75,7 @@ from stream.worker.expiry import EventClock, IdleIndex, is_idle
 from stream.worker.heap import collector_paused_then_frozen, freeze_heap
 from stream.worker.hotswap import ModelWatcher, load_verified
 from stream.worker.inference import Answer, InferenceService, Served
+from stream.worker.learning import SessionLearner
 from stream.worker.session import RECS_SEP, Absorbed, Session, absorbed_key, joined
 from stream.worker.table import SessionTable
 from stream.worker.transport import App
@@ -175,6 +176,15 @@ class Pipeline:
         gc.freeze()
         self.service = InferenceService(served, self.metrics, s.k, s.batch_size, s.batch_wait_ms)
         self.service.start()
+        if s.learn_interval > 0:
+            learner = SessionLearner(
+                self.service,
+                self.metrics,
+                bootstrap=s.bootstrap,
+                topic=s.topic_sessions,
+                interval=s.learn_interval,
+            )
+            self._learn_task = asyncio.get_running_loop().create_task(learner.run())
         self._loaded.set()
         log.info("serving %s version %s", served.name, served.version)
 
