@@ -146,6 +146,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
             "NEXTCLICK_METRICS_PORT": str(metrics_port),
             "NEXTCLICK_SESSION_TTL": "120",  # seconds of event time: sessions close within the demo
             "NEXTCLICK_EXPIRY_INTERVAL": "1",
+            "NEXTCLICK_LEARN_INTERVAL": "5",  # closed sessions into the index between retrains (15 s apart)
         }
         cli = [sys.executable, "-m", "stream.cli"]
         worker = [*cli, "worker", "--registry", str(registry), "--loglevel", "info"]

@@ -16,9 +16,11 @@ began are in the new version already, and a session that closed while it trained
 Items the version does not know are left out of a session (a new catalogue item needs a retrain), and a
 session with fewer than two known items is no co-occurrence evidence and is skipped.
 
-Cost. A re-index costs what `fit`'s last step costs on the version's sessions plus the closed ones (on
-Tmall's 0.3M training sessions ~2 s of one core, on a thread: the event loop keeps answering meanwhile,
-slower on two cores), once per interval at most, never per click.
+Cost. A re-index costs what `fit`'s last step costs on the version's sessions plus the closed ones (the
+rerank: 0.3-0.4 s on Tmall's 65k training sessions, 0.7-1.1 s on Diginetica's 187k; V-SKNN under 0.1 s;
+`scripts/bench_learning.py`), on a thread while the event loop keeps answering, once per interval at most,
+never per click. With a fixed `--checkpoint` and no retrains the closed sessions keep adding up (memory
+and re-index time grow with them, as the trainer's log does).
 """
 
 from __future__ import annotations
