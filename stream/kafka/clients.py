@@ -43,6 +43,21 @@ def aiokafka_security() -> dict[str, Any]:
     return out
 
 
+def every_partition_from_now(topic: str, bootstrap: str, fetch_max_wait_ms: int) -> Any:
+    """A worker's aiokafka consumer without a group: every partition of `topic` (a group would share them
+    out among the workers), from its end. Not started."""
+    from aiokafka import AIOKafkaConsumer
+
+    return AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="latest",
+        fetch_max_wait_ms=fetch_max_wait_ms,
+        **aiokafka_security(),
+    )
+
+
 def faust_credentials() -> Any:
     """Faust's `broker_credentials` from the same environment (None: plaintext, no authentication)."""
     import faust

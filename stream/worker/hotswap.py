@@ -24,7 +24,7 @@ from typing import Any
 
 from model.errors import UserError
 from model.lifecycle.registry import Registry, canary
-from stream.kafka.clients import aiokafka_security
+from stream.kafka.clients import every_partition_from_now
 from stream.worker.inference import Served, load_served
 
 log = logging.getLogger("nextclick.hotswap")
@@ -120,17 +120,8 @@ class ModelWatcher:
 
     async def _listen(self) -> None:
         """Wake the poll loop on every announcement; reconnect after errors (a lost one is only a delay)."""
-        from aiokafka import AIOKafkaConsumer
-
         while True:
-            consumer = AIOKafkaConsumer(
-                self.topic,
-                bootstrap_servers=self.bootstrap,
-                group_id=None,
-                auto_offset_reset="latest",
-                fetch_max_wait_ms=100,
-                **aiokafka_security(),
-            )
+            consumer = every_partition_from_now(self.topic, self.bootstrap, fetch_max_wait_ms=100)
             try:
                 await consumer.start()
                 async for msg in consumer:

@@ -34,7 +34,7 @@ import time
 import numpy as np
 import orjson
 
-from stream.kafka.clients import aiokafka_security
+from stream.kafka.clients import every_partition_from_now
 from stream.metrics import Metrics
 from stream.worker.inference import InferenceService, Served
 
@@ -124,18 +124,9 @@ class SessionLearner:
 
     async def run(self) -> None:
         """Consume `sessions` (reconnecting after errors) and learn every `interval` seconds."""
-        from aiokafka import AIOKafkaConsumer
-
         due = time.monotonic() + self.interval
         while True:
-            consumer = AIOKafkaConsumer(
-                self.topic,  # group-less: every partition of it, every closed session
-                bootstrap_servers=self.bootstrap,
-                group_id=None,
-                auto_offset_reset="latest",
-                fetch_max_wait_ms=500,
-                **aiokafka_security(),
-            )
+            consumer = every_partition_from_now(self.topic, self.bootstrap, fetch_max_wait_ms=500)
             try:
                 await consumer.start()
                 while not (tps := consumer.assignment()):  # assigned once its metadata arrives
