@@ -47,12 +47,13 @@ class ClosedSession:
     closed_at: float  # the worker's wall clock when it closed (the record's `closed_at`)
 
 
-def parse_closed(value: bytes) -> ClosedSession | None:
-    """A `sessions` record as the worker publishes it, or None for anything else."""
+def parse_closed(value: bytes, max_items: int) -> ClosedSession | None:
+    """A `sessions` record as a worker publishes it, or None for anything else (a session longer than a
+    worker closes at is no worker's: one producer writing to the topic cannot flood every index)."""
     with contextlib.suppress(orjson.JSONDecodeError, TypeError, ValueError):
         record = orjson.loads(value)
         items = record.get("items") if isinstance(record, dict) else None
-        if isinstance(items, list) and all(isinstance(i, str) for i in items):
+        if isinstance(items, list) and len(items) <= max_items and all(isinstance(i, str) for i in items):
             closed_at = record.get("closed_at")
             return ClosedSession(
                 items, float(closed_at) if isinstance(closed_at, int | float) else time.time()
@@ -67,15 +68,23 @@ def learns(served: Served) -> bool:
 
 class SessionLearner:
     def __init__(
-        self, service: InferenceService, metrics: Metrics, *, bootstrap: str, topic: str, interval: float
+        self,
+        service: InferenceService,
+        metrics: Metrics,
+        *,
+        bootstrap: str,
+        topic: str,
+        interval: float,
+        max_items: int = 200,
     ) -> None:
         self.service = service
+        self.max_items = max_items  # the workers' `max_session_length`
         self.metrics = metrics
         self.bootstrap = bootstrap
         self.topic = topic
         self.interval = interval
         self.pending: list[ClosedSession] = []  # closed since the base version came, oldest first
-        self.base: Served = service.served  # the version as loaded, before any absorption
+        self.base: Served = service.served  # the version as loaded, before any learning
         self.serving: Served = service.served  # what this learner last saw or made serve
         self.done = 0  # of `pending`, how many the serving copy holds
 
@@ -140,7 +149,7 @@ class SessionLearner:
                     batches = await consumer.getmany(timeout_ms=int(timeout * 1000) + 1)
                     for records in batches.values():
                         for r in records:
-                            if (closed := parse_closed(r.value)) is not None:
+                            if (closed := parse_closed(r.value, self.max_items)) is not None:
                                 self.add(closed)
                     if time.monotonic() >= due:
                         due = time.monotonic() + self.interval

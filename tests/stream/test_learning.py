@@ -108,7 +108,8 @@ def test_a_swapped_in_version_learns_only_what_closed_after_it_was_published(tin
 
 
 def test_only_the_workers_own_session_records_are_read():
-    closed = parse_closed(json.dumps({"session_id": "s", "items": ["a", "b"], "closed_at": 5.0}).encode())
+    closed = parse_closed(json.dumps({"session_id": "s", "items": ["a", "b"], "closed_at": 5.0}).encode(), 3)
     assert closed == ClosedSession(["a", "b"], 5.0)
-    for bad in (b"{", b"[]", b'{"items": "ab"}', b'{"items": [1, 2]}', b"\xff"):
-        assert parse_closed(bad) is None
+    too_long = json.dumps({"items": ["a", "b", "c", "d"]}).encode()  # longer than a worker closes at
+    for bad in (b"{", b"[]", b'{"items": "ab"}', b'{"items": [1, 2]}', b"\xff", too_long):
+        assert parse_closed(bad, 3) is None
