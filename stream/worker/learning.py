@@ -19,8 +19,9 @@ session with fewer than two known items is no co-occurrence evidence and is skip
 Cost. A re-index costs what `fit`'s last step costs on the version's sessions plus the closed ones (the
 rerank: 0.3-0.4 s on Tmall's 65k training sessions, 0.7-1.1 s on Diginetica's 187k; V-SKNN under 0.1 s;
 `scripts/bench_learning.py`), on a thread while the event loop keeps answering, once per interval at most,
-never per click. With a fixed `--checkpoint` and no retrains the closed sessions keep adding up (memory
-and re-index time grow with them, as the trainer's log does).
+never per click, and never more than a tenth of the time (`next_due`). With a fixed `--checkpoint` and no
+retrains the closed sessions keep adding up (memory and re-index time grow with them, as the trainer's log
+does).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from stream.metrics import Metrics
 from stream.worker.inference import InferenceService, Served
 
 log = logging.getLogger("nextclick.learning")
+MAX_BUSY_SHARE = 0.1  # of the worker's time spent re-indexing, at most
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +61,13 @@ def parse_closed(value: bytes, max_items: int) -> ClosedSession | None:
                 items, float(closed_at) if isinstance(closed_at, int | float) else time.time()
             )
     return None
+
+
+def next_due(started: float, ended: float, interval: float) -> float:
+    """When to learn next: `interval` after the last start, and never re-indexing more than
+    `MAX_BUSY_SHARE` of the time (a re-index slows the clicks answered meanwhile, BENCHMARKS.md; a large
+    index or a short interval would otherwise keep one running)."""
+    return max(started + interval, ended + (ended - started) * (1.0 / MAX_BUSY_SHARE - 1.0))
 
 
 def learns(served: Served) -> bool:
@@ -152,12 +161,13 @@ class SessionLearner:
                             if (closed := parse_closed(r.value, self.max_items)) is not None:
                                 self.add(closed)
                     if time.monotonic() >= due:
-                        due = time.monotonic() + self.interval
+                        started = time.monotonic()
                         try:
                             await self.learn()
                         except Exception:  # the served model stays as it was; the next interval retries
                             log.exception("learning from closed sessions failed")
                             self.metrics.learn_failures.inc()
+                        due = next_due(started, time.monotonic(), self.interval)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

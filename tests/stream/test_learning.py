@@ -13,7 +13,7 @@ from model.lifecycle.checkpoint import load_checkpoint
 from model.lifecycle.experiment import fit_model, make_model
 from stream.metrics import Metrics
 from stream.worker.inference import InferenceService, Served
-from stream.worker.learning import ClosedSession, SessionLearner, parse_closed
+from stream.worker.learning import ClosedSession, SessionLearner, next_due, parse_closed
 from stream.worker.process import WorkerProcess
 from tests.stream.harness import click, collect, send
 from tests.stream.test_hot_swap import _wait
@@ -113,3 +113,8 @@ def test_only_the_workers_own_session_records_are_read():
     too_long = json.dumps({"items": ["a", "b", "c", "d"]}).encode()  # longer than a worker closes at
     for bad in (b"{", b"[]", b'{"items": "ab"}', b'{"items": [1, 2]}', b"\xff", too_long):
         assert parse_closed(bad, 3) is None
+
+
+def test_re_indexing_takes_at_most_a_tenth_of_the_time():
+    assert next_due(100.0, 100.5, 30.0) == 130.0  # a quick re-index: the interval
+    assert next_due(100.0, 105.0, 30.0) == 150.0  # 5 s of work: 45 s of rest before the next
