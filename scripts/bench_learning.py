@@ -93,6 +93,9 @@ def main() -> None:
             row = {"part": c + 1, "samples": len(samples), "learnt_sessions": int(bounds[c]),
                    "index_seconds": round(index_seconds, 2)}  # fmt: skip
             for label, scorer in (("trained", model), ("learning", learnt)):
+                if label == "learning" and learnt is model:  # nothing learnt yet: the same model, scored once
+                    row[label] = row["trained"]
+                    continue
                 m = evaluate(scorer.score, samples, ks=(20,))
                 row[label] = {"recall@20": m["recall@20"], "mrr@20": m["mrr@20"]}
             parts.append(row)
@@ -100,8 +103,8 @@ def main() -> None:
                   f", learning {row['learning']['recall@20']:.4f} / {row['learning']['mrr@20']:.4f}"
                   f" ({bounds[c]:,} sessions learnt, re-index {index_seconds:.1f} s)", file=sys.stderr)  # fmt: skip
         total = {}
+        n = sum(p["samples"] for p in parts)
         for label in ("trained", "learning"):
-            n = sum(p["samples"] for p in parts)
             total[label] = {
                 k: sum(p[label][k] * p["samples"] for p in parts) / n for k in ("recall@20", "mrr@20")
             }

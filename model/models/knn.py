@@ -111,10 +111,8 @@ class SessionKnn(Recommender):
         """A copy that also holds `extra` (sessions newer than the rest, as item indices): the index `fit`
         makes on all of them. The worker's way to learn from closed sessions between retrains
         (`stream.worker.learning`)."""
-        both = Sessions(self.session_offsets, self.session_items).appended(extra)
         new = copy.copy(self)
-        new.session_offsets, new.session_items = both.offsets, both.items
-        new._index()
+        new.fit(Sessions(self.session_offsets, self.session_items).appended(extra))
         return new
 
     def _index(self) -> None:

@@ -228,7 +228,7 @@ class InferenceService:
         session of a model with a state cache is looked up in the model's thread (`_infer_incremental`)."""
         if served.cache is not None and session_id and history:
             return Request(history, None, session_id, served)
-        known = _known(served.model, history)
+        known = known_indices(served.model, history)
         if known.size == 0:
             return _fallback(served)
         return Request(history, known, session_id, served)
@@ -300,7 +300,7 @@ class InferenceService:
             state = cache.get(r.session_id, len(r.history) - 1) if r.session_id else None
             last = index.get(str(r.history[-1]), UNKNOWN) if state is not None else UNKNOWN
             if last < 1:  # no state, or the last click is unknown: the whole known history
-                known = r.known if r.known is not None else _known(model, r.history)
+                known = r.known if r.known is not None else known_indices(model, r.history)
                 if known.size == 0:
                     continue
                 state, last = None, int(known[-1])
@@ -321,7 +321,7 @@ class InferenceService:
         return answered, items, scores
 
 
-def _known(model: Recommender, history: list[str]) -> np.ndarray:
+def known_indices(model: Recommender, history: list[str]) -> np.ndarray:
     """The history's items the model knows, as its indices (unknown ones hidden from it)."""
     known = model.vocab.lookup(history)
     return known[known >= 1]

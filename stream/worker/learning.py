@@ -36,8 +36,7 @@ import numpy as np
 import orjson
 
 from stream.kafka.clients import every_partition_from_now
-from stream.metrics import Metrics
-from stream.worker.inference import InferenceService, Served
+from stream.worker.inference import InferenceService, Served, known_indices
 
 log = logging.getLogger("nextclick.learning")
 MAX_BUSY_SHARE = 0.1  # of the worker's time spent re-indexing, at most
@@ -79,16 +78,15 @@ class SessionLearner:
     def __init__(
         self,
         service: InferenceService,
-        metrics: Metrics,
         *,
         bootstrap: str,
         topic: str,
         interval: float,
-        max_items: int = 200,
+        max_items: int,
     ) -> None:
         self.service = service
+        self.metrics = service.metrics
         self.max_items = max_items  # the workers' `max_session_length`
-        self.metrics = metrics
         self.bootstrap = bootstrap
         self.topic = topic
         self.interval = interval
@@ -112,9 +110,8 @@ class SessionLearner:
         self.metrics.learned_sessions.set(0)
 
     def sessions(self, served: Served) -> list[np.ndarray]:
-        lookup = served.model.vocab.lookup
-        known = (lookup(c.items) for c in self.pending)
-        return [k for k in (k[k >= 1] for k in known) if len(k) >= 2]
+        known = (known_indices(served.model, c.items) for c in self.pending)
+        return [k for k in known if len(k) >= 2]
 
     async def learn(self) -> int:
         """Re-index the base version with every pending session and serve it; how many sessions it holds now."""

@@ -179,7 +179,6 @@ class Pipeline:
         if s.learn_interval > 0:
             learner = SessionLearner(
                 self.service,
-                self.metrics,
                 bootstrap=s.bootstrap,
                 topic=s.topic_sessions,
                 interval=s.learn_interval,

@@ -76,6 +76,16 @@ def start_trainer(bootstrap: str, topics: Topics, registry: Path, log_dir: Path,
     )  # fmt: skip
 
 
+def wait_until(predicate, timeout: float) -> float:
+    """Seconds until `predicate()` held, polled every 0.1 s; TimeoutError past `timeout`."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if predicate():
+            return time.monotonic() - t0
+        time.sleep(0.1)
+    raise TimeoutError
+
+
 def send(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
     prod = producer(bootstrap)
     for key, value in messages:

@@ -21,7 +21,7 @@ from model.lifecycle.sessionlog import SessionLog
 from stream.kafka.clients import producer
 from stream.metrics import scrape, serving_version
 from stream.worker.process import WorkerProcess
-from tests.stream.harness import click, collect, send
+from tests.stream.harness import click, collect, send, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -47,15 +47,6 @@ def _steady_load(bootstrap: str, topic: str, stop: threading.Event, sent: list[s
 def _serving(worker: WorkerProcess) -> str | None:
     version = serving_version(scrape(worker.metrics_port))
     return None if version == "-" else version
-
-
-def _wait(predicate, timeout: float) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if predicate():
-            return time.monotonic() - t0
-        time.sleep(0.1)
-    raise TimeoutError
 
 
 def test_trainer_publishes_every_worker_swaps_no_click_is_lost_and_a_corrupt_version_is_refused(
@@ -85,7 +76,7 @@ def test_trainer_publishes_every_worker_swaps_no_click_is_lost_and_a_corrupt_ver
     try:
         for w in workers:
             w.wait_ready()
-        _wait(lambda: all(_serving(w) == "v000001" for w in workers), 30)  # raises TimeoutError
+        wait_until(lambda: all(_serving(w) == "v000001" for w in workers), 30)  # raises TimeoutError
         load.start()
         time.sleep(4)
         trainer = subprocess.run(
@@ -118,7 +109,7 @@ def test_trainer_publishes_every_worker_swaps_no_click_is_lost_and_a_corrupt_ver
         assert trainer.returncode == 0, trainer.stderr[-2000:]
         assert '"outcome": "published"' in trainer.stderr, trainer.stderr[-2000:]
         assert registry.latest() == "v000002"
-        swap_seconds = _wait(lambda: all(_serving(w) == "v000002" for w in workers), 20)
+        swap_seconds = wait_until(lambda: all(_serving(w) == "v000002" for w in workers), 20)
         print(f"announcement to both workers serving v000002: {swap_seconds:.1f} s")
         for w in workers:  # one swap each, measured from the registry's publication time
             assert w.metric("nextclick_model_swaps_total") == 1
@@ -133,7 +124,7 @@ def test_trainer_publishes_every_worker_swaps_no_click_is_lost_and_a_corrupt_ver
         weights.write_bytes(weights.read_bytes()[:100])
         (registry.root / "LATEST").write_text("v000003\n")
         send(bootstrap, topics.model_updates, [(None, json.dumps({"version": "v000003"}).encode())])
-        _wait(lambda: all(w.metric("nextclick_model_load_failures_total") >= 1 for w in workers), 20)
+        wait_until(lambda: all(w.metric("nextclick_model_load_failures_total") >= 1 for w in workers), 20)
         assert all(_serving(w) == "v000002" for w in workers)
         time.sleep(2)
     finally:

@@ -15,8 +15,7 @@ from stream.metrics import Metrics
 from stream.worker.inference import InferenceService, Served
 from stream.worker.learning import ClosedSession, SessionLearner, next_due, parse_closed
 from stream.worker.process import WorkerProcess
-from tests.stream.harness import click, collect, send
-from tests.stream.test_hot_swap import _wait
+from tests.stream.harness import click, collect, send, wait_until
 
 
 def _answer(bootstrap, topics, session: str, item: str) -> list[str]:
@@ -42,7 +41,7 @@ def test_a_pair_clicked_together_in_closed_sessions_is_recommended_before_any_re
     )
     try:
         worker.wait_ready()
-        _wait(lambda: "learning from the sessions closed" in worker.log_tail(100_000), 30)
+        wait_until(lambda: "learning from the sessions closed" in worker.log_tail(100_000), 30)
         first = ids[0]
         before = _answer(bootstrap, topics, "probe-before", first)
         pair = next(i for i in ids[1:] if i not in before["items"])  # an item the model did not propose
@@ -52,7 +51,7 @@ def test_a_pair_clicked_together_in_closed_sessions_is_recommended_before_any_re
             for m in (click(f"pair{j}", first, f"p{j}a"), click(f"pair{j}", pair, f"p{j}b"))
         ]
         send(bootstrap, topics.clicks, together)
-        _wait(lambda: worker.metric("nextclick_learned_sessions") >= 30, 30)
+        wait_until(lambda: worker.metric("nextclick_learned_sessions") >= 30, 30)
         after = _answer(bootstrap, topics, "probe-after", first)
         swaps = worker.metric("nextclick_model_swaps_total")
     finally:
@@ -73,7 +72,7 @@ def test_a_swapped_in_version_learns_only_what_closed_after_it_was_published(tin
 
     first = served("vsknn", "v1", None)
     service = InferenceService(first, Metrics())
-    learner = SessionLearner(service, service.metrics, bootstrap="", topic="sessions", interval=1.0)
+    learner = SessionLearner(service, bootstrap="", topic="sessions", interval=1.0, max_items=200)
     ids = tiny_data.vocab.ids
     held = len(first.model.session_offsets) - 1
 
