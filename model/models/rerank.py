@@ -74,8 +74,9 @@ last pass 54.78 / 20.99 against 55.54 / 21.10) for 1.25-1.35x the default's call
 Its float32 scores round differently with the batch's shape, so with it a session's list can differ in
 near-ties between batches.
 
-Device: the CPU, whatever `--device` says. The work is sparse index look-ups and a 13 -> 64 -> 64 -> 1 MLP
-over a few hundred candidates a session; a GPU would only add copies.
+Device: the index and the scorer on the CPU, whatever `--device` says: the work is sparse index look-ups and
+a two-layer MLP over a few hundred candidates a session, where a GPU would only add copies. The
+neural group's model, whose training is nearly all of the variant's fit, on `--device`.
 """
 
 from __future__ import annotations
@@ -325,7 +326,13 @@ class KnnReranker(Recommender):
                 params = dataclasses.replace(params, **{field: self.params.neural_epochs})
             if hasattr(params, "patience"):  # one epoch without gain ends it: each costs minutes
                 params = dataclasses.replace(params, patience=1)
-            self.neural = cls(vocab, params)
+            self.neural = cls(vocab, params, device)
+
+    def to(self, device: torch.device | str) -> KnnReranker:
+        super().to(device)
+        if self.neural is not None:
+            self.neural.to(self.device)
+        return self
 
     # -- the index: kNN, rules, popularity --------------------------------------------------------------
     def _index(self, sessions: Sessions) -> None:
@@ -378,7 +385,7 @@ class KnnReranker(Recommender):
         proposes = self.neural is not None and self.params.neural_candidates > 0
         if proposes:
             with torch.inference_mode():
-                logits = self.neural.score(sessions).float()
+                logits = self.neural.score(sessions).float().cpu()
                 logits[:, 0] = -torch.inf
                 top = torch.topk(logits, min(self.params.neural_candidates, self.n_items), dim=1)
             logits = logits.numpy()
