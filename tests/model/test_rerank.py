@@ -111,7 +111,31 @@ def test_recent_popularity_counts_the_newest_sessions_only(tiny_data):
     c = model.candidates([np.array([1, 3], dtype=np.int64)])
     column = c.features[0][c.mask[0]][:, FEATURES.index("recent_popularity")]
     assert np.array_equal(column, model.log_recent_popularity[c.items[0][c.mask[0]]])
-    assert model.net.layers[0].in_features == len(FEATURES) - 2  # the trend's one input, not the neural two
+    assert "recent_popularity" in {FEATURES[i] for i in model.active.tolist()}
+
+
+def test_item_vectors_put_items_of_the_same_sessions_together(tiny_data):
+    """The embed group: item2vec over the indexed sessions; items clicked in the same sessions end up close,
+    and each candidate's features are its cosines with the last click and with the session's vector."""
+    rng = np.random.default_rng(0)
+    group = np.arange(1, 61) // 31  # items 1..30 and 31..60: each session stays in one group
+    sessions = [list(rng.choice(np.arange(1, 31) + 30 * (j % 2), 5)) for j in range(2000)]
+    params = dataclasses.replace(KnnReranker.Params(), features="knn,rules,repeat,embed")
+    model = KnnReranker(tiny_data.vocab, params)
+    model._index(Sessions.from_lists(sessions))
+    model._embed(Sessions.from_lists(sessions))
+    cosine = model.item_vectors @ model.item_vectors.T
+    for a in range(1, 61):  # each item is nearer its own group than the other, on average
+        own = [cosine[a, b] for b in range(1, 61) if b != a and group[b - 1] == group[a - 1]]
+        others = [cosine[a, b] for b in range(1, 61) if group[b - 1] != group[a - 1]]
+        assert np.mean(own) > np.mean(others), a
+    assert not model.item_vectors[61:].any()  # never clicked: no vector
+    c = model.candidates([np.array([2], dtype=np.int64)])
+    items = c.items[0][c.mask[0]]
+    last = c.features[0][c.mask[0]][:, FEATURES.index("embed_last")]
+    whole = c.features[0][c.mask[0]][:, FEATURES.index("embed_session")]
+    np.testing.assert_allclose(last, cosine[2, items], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(whole, last, rtol=1e-5, atol=1e-6)  # one click: the session is that item
 
 
 def test_no_test_sample_sees_another(fitted, tiny_data: SessionData, tmp_path: Path):
@@ -385,6 +409,7 @@ def test_with_sessions_is_the_index_fit_makes_on_them_all(fitted: KnnReranker, t
     grown = fitted.with_sessions(extra)
     rebuilt = KnnReranker(tiny_data.vocab, fitted.params)
     rebuilt.net.load_state_dict(fitted.net.state_dict())
+    rebuilt.item_vectors = fitted.item_vectors  # weights, as the scorer's
     indexed = Sessions(fitted.session_offsets, fitted.session_items)
     rebuilt._index(Sessions.from_lists([*map(list, indexed), *map(list, extra)]))
     np.testing.assert_array_equal(grown.score(sessions).numpy(), rebuilt.score(sessions).numpy())
