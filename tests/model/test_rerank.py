@@ -130,6 +130,9 @@ def test_item_vectors_put_items_of_the_same_sessions_together(tiny_data):
         others = [cosine[a, b] for b in range(1, 61) if group[b - 1] != group[a - 1]]
         assert np.mean(own) > np.mean(others), a
     assert not model.item_vectors[61:].any()  # never clicked: no vector
+    first = model.item_vectors
+    model._embed(Sessions.from_lists(sessions))
+    assert np.array_equal(model.item_vectors, first)  # a fit repeats to the bit
     c = model.candidates([np.array([2], dtype=np.int64)])
     items = c.items[0][c.mask[0]]
     last = c.features[0][c.mask[0]][:, FEATURES.index("embed_last")]
