@@ -31,7 +31,8 @@ FAST = {"epochs": 4}
 
 @pytest.fixture(scope="module")
 def fitted(tiny_data) -> KnnReranker:
-    model = make_model("rerank", tiny_data, sets=FAST)
+    """Every group but the neural one (tested below): the default and item2vec."""
+    model = make_model("rerank", tiny_data, sets={**FAST, "features": "knn,rules,repeat,trend,embed"})
     fit_model(model, tiny_data)
     return model
 
