@@ -42,11 +42,11 @@ NEURAL = {"srgnn", "gru4rec", "mtaw"}
 # named variants: model, settings (the neural group's MTAW untrained: a call costs the same whatever
 # its weights)
 VARIANTS = {
-    "rerank-without-embed": ("rerank", {"features": "knn,rules,repeat,trend"}),
-    "rerank-neural": ("rerank", {"features": "knn,rules,repeat,trend,embed,neural", "neural_epochs": 0}),
+    "rerank-embed": ("rerank", {"features": "knn,rules,repeat,trend,embed"}),
+    "rerank-neural": ("rerank", {"features": "knn,rules,repeat,trend,neural", "neural_epochs": 0}),
     "rerank-neural-items": (
         "rerank",
-        {"features": "knn,rules,repeat,trend,embed,neural", "neural_epochs": 0, "neural_candidates": 0},
+        {"features": "knn,rules,repeat,trend,neural", "neural_epochs": 0, "neural_candidates": 0},
     ),
 }
 
