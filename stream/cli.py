@@ -87,7 +87,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     save_checkpoint(
         model,
         out,
-        data={"name": data.name, "path": str(args.data), "fingerprint": data.fingerprint()},
+        data={
+            "name": data.name,
+            "path": str(args.data),
+            "fingerprint": data.fingerprint(),
+            "trained_until": data.train_until(),
+        },
         metrics=metrics,
         history=history,
     )

@@ -97,7 +97,10 @@ def first_model(registry: Path, log_dir: Path) -> None:
     data = synthetic_data(n_sessions=HISTORY_SESSIONS, n_items=1000, seed=0)
     model = make_model("rerank", data)
     fit_model(model, data)
-    Registry(registry).publish(model, data={"name": data.name})
+    until = data.train_until()  # the log's history is a day earlier: so is what the model has learnt
+    Registry(registry).publish(
+        model, data={"name": data.name, "trained_until": until - DAY if until is not None else None}
+    )
     train = data.train
     SessionLog(log_dir).append(
         {

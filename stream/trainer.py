@@ -32,6 +32,14 @@ from stream.settings import TrainerSettings
 log = logging.getLogger("nextclick.trainer")
 
 
+def trained_until(own: float | None, serving: float | None) -> float | None:
+    """The newest training click a published candidate has learnt from (its own or, warm-started, the
+    serving model's), never past this machine's clock: a producer's clock a day fast must not keep the
+    next cycles from finding sessions newer than it to gate on."""
+    known = [t for t in (own, serving) if t is not None]
+    return min(max(known), time.time()) if known else None
+
+
 class Trainer:
     def __init__(self, settings: TrainerSettings, metrics: TrainerMetrics | None = None) -> None:
         self.s = settings
@@ -72,12 +80,13 @@ class Trainer:
         self.log.retain()
         records = self.log.read(s.max_sessions)
         serving_version = self.registry.latest()
-        serving = None
+        serving, serving_until = None, None
         if serving_version is not None:
-            serving, _ = load_checkpoint(self.registry.path(serving_version), "cpu")
+            serving, meta = load_checkpoint(self.registry.path(serving_version), "cpu")
+            serving_until = (meta.get("data") or {}).get("trained_until")  # its newest training click
         name = s.model or (serving.name if serving is not None else "rerank")
         base = serving.vocab if serving is not None and s.warm_start and serving.name == name else None
-        data = log_to_data(records, base, s.holdout_fraction)
+        data = log_to_data(records, base, s.holdout_fraction, after=serving_until)
         device = resolve_device(s.device)
         log.info("training %s on %d logged sessions (serving %s)", name, len(records), serving_version)
         candidate, history = train_candidate(
@@ -113,7 +122,12 @@ class Trainer:
             return {**summary, "outcome": "superseded"}
         version = self.registry.publish(
             candidate,
-            data={"name": "session-log", "sessions": len(records), "fingerprint": data.fingerprint()},
+            data={
+                "name": "session-log",
+                "sessions": len(records),
+                "fingerprint": data.fingerprint(),
+                "trained_until": trained_until(data.train_until(), serving_until),
+            },
             metrics=result.candidate_metrics,
             history=history,
             extra={"parent": serving_version, "gate": summary["gate"]},

@@ -22,6 +22,18 @@ class SessionData:
     train: Sessions
     test: Samples
     test_sessions: Sessions | None = None  # where the source has whole test sessions (event formats)
+    until: float | None = (
+        None  # newest click of the training sessions (event time), where `train` has no times
+    )
+
+    def train_until(self) -> float | None:
+        """The newest click of the training sessions (event time), where known. Checkpoints record it, so
+        that the trainer gates the next candidate only on sessions this model has not learnt from."""
+        if self.until is not None:
+            return self.until
+        if self.train.times is not None and self.train.n_events:
+            return float(self.train.times.max())
+        return None
 
     def fingerprint(self) -> str:
         """A short content hash (items and session boundaries), recorded in checkpoints."""

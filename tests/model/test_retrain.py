@@ -93,3 +93,17 @@ def test_the_gate_refuses_a_model_trained_on_shuffled_labels():
     better, history = train_candidate("gru4rec", data, serving=serving, epochs=1, sets=sets)
     assert history["warm_start"]
     assert gate(better, serving, data).publish
+
+
+def test_only_sessions_newer_than_the_serving_model_are_held_out():
+    """A serving model scored on sessions it learnt from wins the gate by memory: with `after` (its newest
+    training click) the newest share's older sessions train, and only those ending later are held out."""
+    recs = sorted(_records(200, 0), key=lambda r: r["timestamps"][-1])
+    last = [r["timestamps"][-1] for r in recs]
+    data = log_to_data(recs, holdout_fraction=0.1, after=last[185])
+    held = [data.vocab.decode(data.test_sessions[i]) for i in range(len(data.test_sessions))]
+    assert held == [r["items"] for r in recs[186:]]  # 14 of the newest 20
+    assert len(data.train) == 186 and data.train_until() == last[185]
+    assert log_to_data(recs, holdout_fraction=0.1).train_until() == last[179]  # no `after`: the newest 20
+    with pytest.raises(DataError, match="nothing it has not learnt from"):
+        log_to_data(recs, after=last[-1])
