@@ -155,6 +155,7 @@ class WorkerSettings(KafkaSettings):
     registry_poll_interval: float = 2.0  # seconds between looks at the registry's LATEST
     # seconds between re-indexings of V-SKNN / the rerank with the sessions closed since (0 = never)
     learn_interval: float = 30.0
+    learn_max_sessions: int = 100_000  # closed sessions a worker holds for that, the newest
 
 
 def _trainer(default: Any, name: str) -> Any:

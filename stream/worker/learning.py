@@ -19,9 +19,9 @@ session with fewer than two known items is no co-occurrence evidence and is skip
 Cost. A re-index costs what `fit`'s last step costs on the version's sessions plus the closed ones (the
 rerank: 0.3-0.4 s on Tmall's 65k training sessions, 0.7-1.1 s on Diginetica's 187k; V-SKNN under 0.1 s;
 `scripts/bench_learning.py`), on a thread while the event loop keeps answering, once per interval at most,
-never per click, and never more than a tenth of the time (`next_due`). With a fixed `--checkpoint` and no
-retrains the closed sessions keep adding up (memory and re-index time grow with them, as the trainer's log
-does).
+never per click, and never more than a tenth of the time (`next_due`). A worker holds the newest
+`max_sessions` closed sessions at most (`NEXTCLICK_LEARN_MAX_SESSIONS`): with a fixed `--checkpoint` and no
+retrains they would otherwise add up for ever, and with them memory and each re-index's time.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections import deque
 
 import numpy as np
 import orjson
@@ -83,6 +84,7 @@ class SessionLearner:
         topic: str,
         interval: float,
         max_items: int,
+        max_sessions: int = 100_000,
     ) -> None:
         self.service = service
         self.metrics = service.metrics
@@ -90,13 +92,16 @@ class SessionLearner:
         self.bootstrap = bootstrap
         self.topic = topic
         self.interval = interval
-        self.pending: list[ClosedSession] = []  # closed since the base version came, oldest first
+        # closed since the base version came, oldest first; the newest `max_sessions` of them
+        self.pending: deque[ClosedSession] = deque(maxlen=max(max_sessions, 0))
         self.base: Served = service.served  # the version as loaded, before any learning
         self.serving: Served = service.served  # what this learner last saw or made serve
-        self.done = 0  # of `pending`, how many the serving copy holds
+        self.added = 0  # sessions added since the base version came
+        self.done = 0  # of `added`, how many the serving copy had when it was made
 
     def add(self, closed: ClosedSession) -> None:
-        self.pending.append(closed)
+        self.pending.append(closed)  # the oldest falls out at `max_sessions`
+        self.added += 1
 
     def follow_swaps(self) -> None:
         """A version swapped in since the last look: learn into it, keeping what closed after it came."""
@@ -105,8 +110,10 @@ class SessionLearner:
             return
         self.base = self.serving = current
         since = current.published_at or 0.0
-        self.pending = [c for c in self.pending if c.closed_at >= since]
-        self.done = 0
+        kept = [c for c in self.pending if c.closed_at >= since]
+        self.pending.clear()
+        self.pending.extend(kept)
+        self.added, self.done = len(kept), 0
         self.metrics.learned_sessions.set(0)
 
     def sessions(self, served: Served) -> list[np.ndarray]:
@@ -116,9 +123,10 @@ class SessionLearner:
     async def learn(self) -> int:
         """Re-index the base version with every pending session and serve it; how many sessions it holds now."""
         self.follow_swaps()
-        base, taken = self.base, len(self.pending)
+        base, taken = self.base, self.added
         if not learns(base):  # its answers come from weights alone: the trainer's to learn
-            self.pending, self.done = [], 0
+            self.pending.clear()
+            self.added = self.done = 0
             return 0
         if taken == self.done:
             return 0

@@ -183,6 +183,7 @@ class Pipeline:
                 topic=s.topic_sessions,
                 interval=s.learn_interval,
                 max_items=s.max_session_length,
+                max_sessions=s.learn_max_sessions,
             )
             self._learn_task = asyncio.get_running_loop().create_task(learner.run())
         self._loaded.set()

@@ -99,11 +99,39 @@ def test_a_swapped_in_version_learns_only_what_closed_after_it_was_published(tin
         service.swap(served("gru4rec", "v3", 170.0))
         learner.add(ClosedSession([ids[7], ids[9]], closed_at=180.0))
         learnt.append(await learner.learn())
-        assert service.served.version == "v3" and learner.pending == []
+        assert service.served.version == "v3" and not learner.pending
         return learnt
 
     assert asyncio.run(scenario()) == [1, 0, 1, 0]
     assert service.metrics.model_swaps._value.get() == 2  # learning is no swap
+
+
+def test_a_worker_holds_the_newest_closed_sessions_only(tiny_data):
+    """With a fixed checkpoint nothing ever replaces the learnt index: it keeps the newest `max_sessions`
+    closed sessions, so memory and a re-index's time stay bounded."""
+    model = make_model("vsknn", tiny_data)
+    fit_model(model, tiny_data)
+    service = InferenceService(Served(model, "vsknn", "v1", (["i1"], [1.0])), Metrics())
+    learner = SessionLearner(
+        service, bootstrap="", topic="sessions", interval=1.0, max_items=200, max_sessions=2
+    )
+    ids = tiny_data.vocab.ids
+    held = len(model.session_offsets) - 1
+
+    async def scenario() -> list[int]:
+        for a, b in ((1, 2), (3, 4), (5, 6)):
+            learner.add(ClosedSession([ids[a], ids[b]], closed_at=float(a)))
+        learnt = [await learner.learn()]
+        learner.add(ClosedSession([ids[7], ids[8]], closed_at=7.0))
+        learnt.append(await learner.learn())  # one new: the oldest of the two held falls out
+        return learnt
+
+    assert asyncio.run(scenario()) == [2, 2]
+    served = service.served.model
+    assert len(served.session_offsets) - 1 == held + 2
+    np.testing.assert_array_equal(
+        served.session_items[-4:], tiny_data.vocab.lookup([ids[5], ids[6], ids[7], ids[8]])
+    )
 
 
 def test_only_the_workers_own_session_records_are_read():
