@@ -32,14 +32,6 @@ from stream.settings import TrainerSettings
 log = logging.getLogger("nextclick.trainer")
 
 
-def trained_until(own: float | None, serving: float | None) -> float | None:
-    """The newest training click a published candidate has learnt from (its own or, warm-started, the
-    serving model's), never past this machine's clock: a producer's clock a day fast must not keep the
-    next cycles from finding sessions newer than it to gate on."""
-    known = [t for t in (own, serving) if t is not None]
-    return min(max(known), time.time()) if known else None
-
-
 class Trainer:
     def __init__(self, settings: TrainerSettings, metrics: TrainerMetrics | None = None) -> None:
         self.s = settings
@@ -126,7 +118,10 @@ class Trainer:
                 "name": "session-log",
                 "sessions": len(records),
                 "fingerprint": data.fingerprint(),
-                "trained_until": trained_until(data.train_until(), serving_until),
+                # what it has learnt from: its sessions, and warm-started, the serving model's
+                "trained_until": max(
+                    (t for t in (data.train_until(), serving_until) if t is not None), default=None
+                ),
             },
             metrics=result.candidate_metrics,
             history=history,

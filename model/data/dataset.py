@@ -7,6 +7,7 @@ never a random shuffle. The readers (`model.data.readers`) build it; `model.data
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,18 +23,18 @@ class SessionData:
     train: Sessions
     test: Samples
     test_sessions: Sessions | None = None  # where the source has whole test sessions (event formats)
-    until: float | None = (
-        None  # newest click of the training sessions (event time), where `train` has no times
-    )
+    # the newest click of the training sessions (event time), where `train` carries no times
+    until: float | None = None
 
     def train_until(self) -> float | None:
-        """The newest click of the training sessions (event time), where known. Checkpoints record it, so
-        that the trainer gates the next candidate only on sessions this model has not learnt from."""
-        if self.until is not None:
-            return self.until
-        if self.train.times is not None and self.train.n_events:
-            return float(self.train.times.max())
-        return None
+        """The newest click of the training sessions (event time), where known, and never later than now.
+        Checkpoints record it, so that the trainer gates the next candidate only on sessions this model
+        has not learnt from; capped at the clock, so that a data set in milliseconds or a producer's clock
+        running fast cannot hold every later session back from the gate."""
+        newest = self.until
+        if newest is None and self.train.times is not None and self.train.n_events:
+            newest = float(self.train.times.max())
+        return min(newest, time.time()) if newest is not None else None
 
     def fingerprint(self) -> str:
         """A short content hash (items and session boundaries), recorded in checkpoints."""

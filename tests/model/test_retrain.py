@@ -1,4 +1,5 @@
 import dataclasses
+import time
 
 import numpy as np
 import pytest
@@ -107,3 +108,5 @@ def test_only_sessions_newer_than_the_serving_model_are_held_out():
     assert log_to_data(recs, holdout_fraction=0.1).train_until() == last[179]  # no `after`: the newest 20
     with pytest.raises(DataError, match="nothing it has not learnt from"):
         log_to_data(recs, after=last[-1])
+    # a clock in milliseconds (or running fast) is recorded as now, not as a time no session reaches
+    assert dataclasses.replace(data, until=1.7e12).train_until() <= time.time()
