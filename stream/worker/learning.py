@@ -110,10 +110,8 @@ class SessionLearner:
             return
         self.base = self.serving = current
         since = current.published_at or 0.0
-        kept = [c for c in self.pending if c.closed_at >= since]
-        self.pending.clear()
-        self.pending.extend(kept)
-        self.added, self.done = len(kept), 0
+        self.pending = deque((c for c in self.pending if c.closed_at >= since), maxlen=self.pending.maxlen)
+        self.added, self.done = len(self.pending), 0
         self.metrics.learned_sessions.set(0)
 
     def sessions(self, served: Served) -> list[np.ndarray]:
