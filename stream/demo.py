@@ -75,7 +75,6 @@ def online(metrics: dict[str, float]) -> tuple[float, float]:
     return (rr / count if count else 0.0), (hits / evaluated if evaluated else 0.0)
 
 
-DAY = 86400.0
 # A small history, so that the trainer's first retrain on it and the live sessions beats the first model at
 # the gate: a kNN model's index is its knowledge, and on 3,000 history sessions the first rerank was already
 # as good as the world allows (its retrain then passed the 0.005 gate tolerance about every other cycle).
@@ -85,9 +84,8 @@ HISTORY_SESSIONS = 600
 def first_model(registry: Path, log_dir: Path) -> None:
     """v000001: rerank (the model served by default) on a small synthetic history of the same item world the
     stream walks; the history also goes into the trainer's session log, as if the stream had logged it the
-    day before: its clocks are moved back a day, so that the trainer's held-out sessions (the newest) are
-    the replay's, which no model has seen (on the same clock they interleave, and a kNN model that indexed
-    a held-out session wins the gate by memory)."""
+    day before (`synthetic_data` is a day older than the stream's clock): the log orders it before the
+    replay, and the trainer gates only on sessions ending after the model's newest click (`trained_until`)."""
     from model.data.synthetic import synthetic_data
     from model.lifecycle.experiment import fit_model, make_model, seed_everything
     from model.lifecycle.registry import Registry
@@ -97,18 +95,13 @@ def first_model(registry: Path, log_dir: Path) -> None:
     data = synthetic_data(n_sessions=HISTORY_SESSIONS, n_items=1000, seed=0)
     model = make_model("rerank", data)
     fit_model(model, data)
-    until = data.train_until()  # the log's history is a day earlier: so is what the model has learnt
-    Registry(registry).publish(
-        model, data={"name": data.name, "trained_until": until - DAY if until is not None else None}
-    )
+    Registry(registry).publish(model, data={"name": data.name, "trained_until": data.train_until()})
     train = data.train
     SessionLog(log_dir).append(
         {
             "session_id": f"history-{i}",
             "items": data.vocab.decode(train[i]),
-            "timestamps": (train.times[train.offsets[i] : train.offsets[i + 1]] - DAY).tolist()
-            if train.times is not None
-            else None,
+            "timestamps": train.times[train.offsets[i] : train.offsets[i + 1]].tolist(),
         }
         for i in range(len(train))
     )

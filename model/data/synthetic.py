@@ -18,6 +18,8 @@ from model.data.readers import finish_split, time_split_frame
 from model.data.sessions import Sessions
 
 FOLLOW, REPEAT = 0.55, 0.15
+STREAM_START = 1_700_000_000.0  # the synthetic stream's clock (`nextclick replay --data synthetic:N`)
+HISTORY_LEAD = 86400.0  # `synthetic_data` begins a day before it: a model learns from the past, then serves
 SUCCESSOR_WEIGHTS = np.array([0.5, 0.25, 0.15, 0.1])
 
 
@@ -32,7 +34,7 @@ def synthetic_sessions(
     n_sessions: int,
     n_items: int = 1000,
     seed: int = 0,
-    start: float = 1_700_000_000.0,
+    start: float = STREAM_START,
     sessions_per_second: float = 2.0,
     max_length: int = 50,
     world_seed: int = 0,
@@ -68,9 +70,11 @@ def synthetic_sessions(
     return Sessions(offsets, seq[mask], times[mask])
 
 
-def synthetic_events(n_sessions: int, n_items: int = 1000, seed: int = 0) -> pd.DataFrame:
+def synthetic_events(
+    n_sessions: int, n_items: int = 1000, seed: int = 0, start: float = STREAM_START
+) -> pd.DataFrame:
     """The same stream as events (session, item, time), ordered by time, with string ids."""
-    s = synthetic_sessions(n_sessions, n_items, seed)
+    s = synthetic_sessions(n_sessions, n_items, seed, start)
     frame = pd.DataFrame(
         {
             "session": np.char.add("s", s.session_of_event().astype(str)),
@@ -82,6 +86,8 @@ def synthetic_events(n_sessions: int, n_items: int = 1000, seed: int = 0) -> pd.
 
 
 def synthetic_data(n_sessions: int = 5000, n_items: int = 1000, seed: int = 0) -> SessionData:
-    """A SessionData whose newest 10 % of sessions are the test set (the event readers' time split)."""
-    frame = synthetic_events(n_sessions, n_items, seed)
+    """A SessionData whose newest 10 % of sessions are the test set (the event readers' time split), a day
+    before the stream's clock: trained on it, a model's newest click (`trained_until`) is older than the
+    replayed stream's sessions, which the trainer may then hold out to gate on, as in production."""
+    frame = synthetic_events(n_sessions, n_items, seed, STREAM_START - HISTORY_LEAD)
     return finish_split(f"synthetic-{n_sessions}x{n_items}-seed{seed}", *time_split_frame(frame))
