@@ -87,12 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     save_checkpoint(
         model,
         out,
-        data={
-            "name": data.name,
-            "path": str(args.data),
-            "fingerprint": data.fingerprint(),
-            "trained_until": data.train_until(),
-        },
+        data={**data.record(), "path": str(args.data)},
         metrics=metrics,
         history=history,
     )

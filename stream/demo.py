@@ -95,7 +95,7 @@ def first_model(registry: Path, log_dir: Path) -> None:
     data = synthetic_data(n_sessions=HISTORY_SESSIONS, n_items=1000, seed=0)
     model = make_model("rerank", data)
     fit_model(model, data)
-    Registry(registry).publish(model, data={"name": data.name, "trained_until": data.train_until()})
+    Registry(registry).publish(model, data=data.record())
     train = data.train
     SessionLog(log_dir).append(
         {

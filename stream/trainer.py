@@ -115,9 +115,8 @@ class Trainer:
         version = self.registry.publish(
             candidate,
             data={
-                "name": "session-log",
+                **data.record(),
                 "sessions": len(records),
-                "fingerprint": data.fingerprint(),
                 # what it has learnt from: its sessions, and warm-started, the serving model's
                 "trained_until": max(
                     (t for t in (data.train_until(), serving_until) if t is not None), default=None

@@ -43,6 +43,12 @@ class SessionData:
             h.update(np.ascontiguousarray(arr, dtype=np.int64).tobytes())
         return h.hexdigest()[:16]
 
+    def record(self) -> dict[str, str | float | None]:
+        """What a checkpoint records of the data it learnt from (`meta.json`'s data): one place for the
+        fields every writer (`nextclick train`, the trainer, the demo) gives, the trainer's gate reading
+        `trained_until`."""
+        return {"name": self.name, "fingerprint": self.fingerprint(), "trained_until": self.train_until()}
+
     def train_valid(self, valid_fraction: float = 0.1) -> tuple[Sessions, Samples]:
         """The older (1 - valid_fraction) of the training sessions to fit on, and the newest ones as
         validation samples (early stopping, model selection): the test split is never looked at."""
